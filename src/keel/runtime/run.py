@@ -1,0 +1,34 @@
+"""`run`: create + start, then (unless --detach) wait, forward signals, delete, exit with its code."""
+
+import os
+
+from keel.runtime import attach, create, delete, start
+from keel.runtime.errors import RuntimeError_
+
+
+def run(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False, preserve_fds=0,
+        detach=False, keep=False):
+    keep_console = not detach and not console_socket
+    created = create.create(root, cid, bundle, console_socket=console_socket, pid_file=pid_file,
+                            no_pivot=no_pivot, preserve_fds=preserve_fds, keep_console=keep_console)
+    c = created.container
+    try:
+        start.start(c)
+    except BaseException:
+        if created.console_fd is not None:
+            os.close(created.console_fd)
+        delete.delete(c, force=True)
+        raise
+    if detach:
+        if created.console_fd is not None:
+            os.close(created.console_fd)
+            raise RuntimeError_("run --detach with a terminal needs --console-socket")
+        return 0
+    try:
+        code = attach.wait(c.pid, created.console_fd)
+    finally:
+        if created.console_fd is not None:
+            os.close(created.console_fd)
+    if not keep:
+        delete.delete(c, force=True)
+    return code
