@@ -172,10 +172,12 @@ def containerd():
 @pytest.fixture
 def ctr(containerd, runtime_binary, oci_archive):
     """A Ctr in a fresh namespace with the busybox image imported, running containers with the
-    runtime under test. Every task and container of the namespace is killed/deleted after the test."""
+    runtime under test. Every task and container of the namespace is killed/deleted after the test;
+    the test errors if a process had to be killed by pid after that."""
     c = containerd.ctr(runtime_binary)
     try:
         c.import_image(oci_archive)
         yield c
     finally:
-        c.cleanup()
+        stray = c.cleanup()
+    assert not stray, f"processes left after killing and deleting every task: {stray}"

@@ -57,14 +57,34 @@ def unique_name(prefix=NAME_PREFIX):
 # commands
 
 
-def run(argv, *, timeout=60, check=False, env=None, input=None):
-    """subprocess.run with text output captured, a timeout, and an error that shows everything."""
+DEFAULT_TIMEOUT = float(os.environ.get("KEEL_INTEROP_TIMEOUT", "30"))
+
+
+def run(argv, *, timeout=None, check=False, env=None, input=None):
+    """subprocess.run with text output captured, a timeout (default KEEL_INTEROP_TIMEOUT, 30 s),
+    and an error that shows everything. The command runs in its own session; on timeout the whole
+    process group is SIGKILLed (e.g. podman and a runtime call it made that hangs)."""
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True,
+                            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL)
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                             input=input, stdin=None if input is not None else subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:  # a process outside the group (a daemonized conmon or shim) may hold our pipes
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.stdout.close()
+            proc.stderr.close()
+            proc.wait()
+            out, err = "(unread)", "(unread: the pipes stayed open)"
         raise AssertionError(f"timed out after {timeout}s: {' '.join(map(str, argv))}\n"
-                             f"stdout: {e.stdout!r}\nstderr: {e.stderr!r}") from None
+                             f"stdout: {out!r}\nstderr: {err!r}") from None
+    res = subprocess.CompletedProcess(argv, proc.returncode, out, err)
     if check and res.returncode != 0:
         raise AssertionError(f"exit {res.returncode}: {' '.join(map(str, argv))}\n"
                              f"stdout: {res.stdout}\nstderr: {res.stderr}")
@@ -434,6 +454,19 @@ def process_cgroup(pid, controller="memory"):
         if controller in controllers.split(","):
             return path
     return ""
+
+
+def runtime_state(runtime, container_id, root=None):
+    """The runtime's `state` of `container_id` (a dict, or the raw output) if the runtime still
+    knows it; None once it reports the container does not exist (runc: exit 1)."""
+    argv = [runtime] + (["--root", root] if root else []) + ["state", container_id]
+    res = run(argv, timeout=30)
+    if res.returncode != 0:
+        return None
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        return res.stdout or "(empty output, exit 0)"
 
 
 def rmtree(path):

@@ -6,11 +6,15 @@ storage.conf and registries.conf, cgroupfs under a unique cgroup parent, no netw
 `Containerd` / `Ctr`: a private containerd daemon (own root, state, sockets, config) and a `ctr`
 bound to one namespace and one runtime binary (io.containerd.runc.v2 shim, `--runc-binary`).
 
-Nothing here reads or writes the host's /etc/containers, /var/lib/containers, /run/containers,
-/var/lib/containerd or the shared /dev/shm/libpod_lock. What still lands outside the temp dirs,
+Nothing here writes the host's /etc/containers, /run/containers, /var/lib/containerd or the shared
+/dev/shm/libpod_lock; podman still reads /etc/containers/policy.json (no flag or variable moves it
+for `podman import`) and writes its blob-info cache in /var/lib/containers/cache (removed again if
+we created it). What still lands outside the temp dirs,
 and is cleaned up by name: cgroups (`/keel-test-<hex>/...`, containerd's `/<namespace>/<id>`),
-containerd shim sockets (/run/containerd/s/<hash>), conmon's console sockets in $TMPDIR (we point
-TMPDIR into the temp dir).
+containerd shim sockets (/run/containerd/s/<hash>). Podman passes no `--root` to the runtime, so
+the runtime keeps podman's containers in its default root (runc: /run/runc) under their unique
+64-hex ids; `leftovers()` asks the runtime itself (`<runtime> state <id>` must fail) that they are
+gone. conmon makes its console socket as /tmp/conmon-term.XXXXXX and removes it itself.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import re
 import signal
 import subprocess
 import tempfile
-import time
 
 import interop_helpers as h
 
 CONMON = "/usr/bin/conmon"
+HOST_BLOB_CACHE_DIR = "/var/lib/containers/cache"
 
 
 def _toml_str(s):
@@ -52,7 +56,7 @@ class Podman:
         self.cgroup_parent = "/" + self.name
         self.image = h.IMAGE_NAME_PODMAN
         d = self.dir
-        for sub in ("root", "runroot", "tmp", "volumes", "networks", "conmon-tmp"):
+        for sub in ("root", "runroot", "tmp", "volumes", "networks", "tmpdir"):
             os.makedirs(d(sub), exist_ok=True)
         self.storage_driver = storage_driver or os.environ.get("KEEL_INTEROP_PODMAN_DRIVER") or "overlay"
         self._write_configs()
@@ -61,9 +65,12 @@ class Podman:
             "CONTAINERS_CONF": d("containers.conf"),
             "CONTAINERS_STORAGE_CONF": d("storage.conf"),
             "CONTAINERS_REGISTRIES_CONF": d("registries.conf"),
-            # conmon puts its console socket (conmon-term.XXXXXX) in $TMPDIR
-            "TMPDIR": d("conmon-tmp"),
+            # podman's big temporary files (image copies) go to $TMPDIR, default /var/tmp
+            "TMPDIR": d("tmpdir"),
         })
+        # c/image writes its blob-info cache to /var/lib/containers/cache whatever --root says
+        # (podman 4.3, any image copy: import, load); remove it at the end if we created it
+        self._host_cache_existed = os.path.exists(HOST_BLOB_CACHE_DIR)
         self.env.pop("CONTAINER_HOST", None)
         self.env.pop("CONTAINER_CONNECTION", None)
         self.base = [
@@ -121,7 +128,7 @@ runroot = {_toml_str(d("runroot"))}
             args = [args[0]] + extra + args[1:]
         return self.base + args
 
-    def __call__(self, *args, timeout=60, check=False, input=None):
+    def __call__(self, *args, timeout=None, check=False, input=None):
         return h.run(self.argv(*args), timeout=timeout, check=check, env=self.env, input=input)
 
     def popen(self, *args, **kw):
@@ -144,7 +151,8 @@ runroot = {_toml_str(d("runroot"))}
 
     def leftovers(self, cid, pids=()):
         """What of container `cid` (full id) is still on the host: processes (given pids, conmon
-        and anything naming the id, processes in its cgroup), mounts, cgroups. {} when clean."""
+        and anything naming the id, processes in its cgroup), mounts, cgroups, and the runtime's
+        own record (`<runtime> state <id>` must fail). {} when clean."""
         found = {}
         procs = sorted(set([p for p in pids if p and h.pid_alive(p)]
                            + h.pids_with_cmdline(cid) + h.pids_in_cgroup(cid)))
@@ -156,6 +164,9 @@ runroot = {_toml_str(d("runroot"))}
         cgroups = h.cgroup_dirs_named(self.cgroup_parent, cid)
         if cgroups:
             found["cgroups"] = cgroups
+        state = h.runtime_state(self.runtime, cid)
+        if state is not None:
+            found["runtime_state"] = state
         return found
 
     def wait_clean(self, cid, pids=(), timeout=10):
@@ -183,6 +194,13 @@ runroot = {_toml_str(d("runroot"))}
         h.umount_under(self.workdir)
         h.remove_cgroup(self.cgroup_parent)
         h.rmtree(self.workdir)
+        if not self._host_cache_existed:
+            try:
+                os.unlink(os.path.join(HOST_BLOB_CACHE_DIR, "blob-info-cache-v1.boltdb"))
+                os.rmdir(HOST_BLOB_CACHE_DIR)
+                os.rmdir(os.path.dirname(HOST_BLOB_CACHE_DIR))
+            except OSError:
+                pass
 
 
 # ============================================================================================
@@ -333,6 +351,8 @@ class Ctr:
         self.namespace = namespace
         self.image = h.IMAGE_NAME_CONTAINERD
         self.runc_root = daemon.dir("runc-root")
+        # the shim runs the runtime with --root <runc-root>/<namespace>
+        self.runtime_root = os.path.join(self.runc_root, namespace)
         self.fifo_dir = daemon.dir("fifo")
         os.makedirs(self.fifo_dir, exist_ok=True)
         self.base = ["ctr", "--address", daemon.address, "--namespace", namespace]
@@ -340,7 +360,7 @@ class Ctr:
     def argv(self, *args):
         return self.base + [str(a) for a in args]
 
-    def __call__(self, *args, timeout=60, check=False, input=None):
+    def __call__(self, *args, timeout=None, check=False, input=None):
         return h.run(self.argv(*args), timeout=timeout, check=check, input=input)
 
     def popen(self, *args, **kw):
@@ -351,12 +371,12 @@ class Ctr:
         return ["run", *mode, "--runc-binary", self.runtime, "--runc-root", self.runc_root,
                 "--fifo-dir", self.fifo_dir, *extra, self.image, container_id, *cmd]
 
-    def run(self, container_id, *cmd, detach=False, rm=None, extra=(), timeout=60, check=False):
+    def run(self, container_id, *cmd, detach=False, rm=None, extra=(), timeout=None, check=False):
         """`ctr run [--rm | --detach] --runc-binary RUNTIME ... IMAGE ID CMD...`"""
         return self(*self.run_args(container_id, *cmd, detach=detach, rm=rm, extra=extra),
                     timeout=timeout, check=check)
 
-    def exec(self, container_id, *cmd, exec_id=None, timeout=60, check=False):
+    def exec(self, container_id, *cmd, exec_id=None, timeout=None, check=False):
         exec_id = exec_id or h.unique_name("exec-")
         return self("tasks", "exec", "--exec-id", exec_id, "--fifo-dir", self.fifo_dir,
                     container_id, *cmd, timeout=timeout, check=check)
@@ -391,8 +411,8 @@ class Ctr:
 
     def leftovers(self, container_id, pids=()):
         """What of `container_id` is still on the host: the given pids, its shim (argv names the
-        id and our namespace), processes in its cgroup, its mounts, its cgroup dirs, its runtime
-        state dir under --runc-root. {} when clean."""
+        id and our namespace), processes in its cgroup, its mounts, its cgroup dirs, and the
+        runtime's own record (`<runtime> --root R state <id>` must fail). {} when clean."""
         found = {}
         shim = [p for p in h.pids_with_cmdline(self.namespace)
                 if b"-id\0" + container_id.encode() + b"\0" in h._proc_read(p, "cmdline") + b"\0"]
@@ -406,9 +426,9 @@ class Ctr:
         cgroups = h.cgroup_dirs(self.cgroup(container_id))
         if cgroups:
             found["cgroups"] = cgroups
-        state = os.path.join(self.runc_root, self.namespace, container_id)
-        if os.path.exists(state):
-            found["runtime_state"] = [state]
+        state = h.runtime_state(self.runtime, container_id, self.runtime_root)
+        if state is not None:
+            found["runtime_state"] = state
         return found
 
     def wait_clean(self, container_id, pids=(), timeout=10):
@@ -417,7 +437,8 @@ class Ctr:
 
     def cleanup(self):
         """Kill and delete every task, delete every container of our namespace; kill by pid
-        whatever is left in our cgroups; remove our cgroups."""
+        whatever is left in our cgroups; remove our cgroups. Returns {pid: description} of what
+        had to be killed by pid."""
         self.daemon.remember_shim_sockets()
         try:
             for cid in self.tasks():
@@ -430,8 +451,12 @@ class Ctr:
                 self("containers", "delete", *ids, timeout=15)
         except AssertionError:
             pass
-        h.kill_and_reap(h.pids_in_cgroup("/" + self.namespace + "/"))
+        stray = sorted(set(h.pids_in_cgroup("/" + self.namespace + "/")
+                           + h.pids_with_cmdline(self.runtime_root)))
+        described = {p: h.describe_pid(p) for p in stray}
+        h.kill_and_reap(stray)
         h.remove_cgroup("/" + self.namespace)
+        return described
 
 
 def make_workdir(prefix):

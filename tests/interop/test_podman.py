@@ -107,7 +107,7 @@ def test_detached_exec_and_inspect(podman):
     assert h.process_cgroup(pid, "pids") == f"{podman.cgroup_parent}/libpod-{cid}"
     # the leak detector sees a running container (so that assert_clean means something)
     running = podman.leftovers(cid, (pid, conmon_pid))
-    assert {"processes", "mounts", "cgroups"} <= running.keys(), running
+    assert {"processes", "mounts", "cgroups", "runtime_state"} <= running.keys(), running
 
     ps = podman("ps", "--format", "{{.ID}} {{.Status}}", check=True).stdout
     assert cid[:12] in ps and "Up" in ps, ps

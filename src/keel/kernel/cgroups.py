@@ -18,7 +18,8 @@ import time
 
 from keel.kernel.errors import CgroupError
 
-__all__ = ["Layout", "Cgroup", "detect", "CgroupError"]
+__all__ = ["Layout", "Cgroup", "detect", "own_cgroups", "shares_to_weight", "blkio_to_io_weight",
+           "swap_to_v2", "CgroupError"]
 
 _SIGKILL = 9  # not `import signal`: signal.py imports enum
 _MAX_U64 = (1 << 64) - 1

@@ -4,6 +4,7 @@ libseccomp (`libseccomp.so.2`) is called through ctypes; keel never writes BPF b
 This module is on keel-runtime's start-up path: importing it loads nothing (not even
 ctypes); the library is opened at the first call that needs it.
 
+    enabled(profile)               False for no profile / an empty one (runc: no seccomp)
     validate(profile)              the whole profile checked, nothing loaded (`create` time)
     f = Filter(profile, log=...)   the libseccomp filter built (no kernel change yet)
     fd = f.load()                  seccomp_load in the container init, right before exec;
@@ -395,6 +396,17 @@ def _parse(profile):
     return default, arches, attrs, rules, notify, len(syscalls)
 
 
+def enabled(profile):
+    """False when the profile asks for no filter at all: absent, or (as runc reads it)
+    neither a defaultAction nor any syscalls. Needs no libseccomp."""
+    if profile is None:
+        return False
+    if isinstance(profile, dict) and not profile.get("defaultAction") \
+            and not profile.get("syscalls"):
+        return False
+    return True
+
+
 def validate(profile):
     """Checks a parsed `linux.seccomp` object completely, without building a filter.
 
@@ -420,6 +432,8 @@ class Filter:
     load it in the container init right before exec, release it when done (release
     does not undo a load). Usable as a context manager.
     """
+
+    _ctx = None
 
     def __init__(self, profile, log=None):
         default, arches, attrs, rules, notify, count = _parse(profile)
@@ -651,7 +665,7 @@ def send_notify_fd(listener_path, fd, state, metadata="", pid=None):
     data = json.dumps(message).encode()
     where = f'{_WHERE}.listenerPath: send seccomp fd to "{listener_path}"'
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(listener_path)
             sent = socket.send_fds(sock, [data], [fd])
             if sent < len(data):

@@ -64,7 +64,7 @@ _DEVICE = {"type": ("str", True), "path": ("str", True), "major": ("int64", Fals
 _SECCOMP_ARG = {"index": ("uint32", True), "value": ("uint64", True), "valueTwo": ("uint64", False),
                 "op": ("str", True)}
 _SECCOMP = {
-    "defaultAction": ("str", True),
+    "defaultAction": ("str", False),
     "defaultErrnoRet": ("uint32", False),
     "architectures": (("list", "str"), False),
     "flags": (("list", "str"), False),

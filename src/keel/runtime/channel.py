@@ -38,11 +38,17 @@ def send(sock, kind, fds=(), **fields):
     fields["type"] = kind
     data = fastjson.dumps(fields).encode()
     if fds:
-        import array
-
-        sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))])
+        sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
     else:
         sock.send(data)
+
+
+def _pack_fds(fds):
+    # struct, not array: `import array` pulls in collections.abc, which the init cannot import
+    # once it is inside the container (after pivot_root); struct is preloaded (init.preload).
+    import struct
+
+    return struct.pack(f"{len(fds)}i", *fds)
 
 
 def recv(sock):
@@ -53,22 +59,19 @@ def recv(sock):
     fds = []
     for level, ctype, cdata in ancdata:
         if level == _socket.SOL_SOCKET and ctype == _socket.SCM_RIGHTS:
-            import array
+            import struct
 
-            a = array.array("i")
-            a.frombytes(cdata[: len(cdata) - (len(cdata) % a.itemsize)])
-            fds.extend(a)
+            n = len(cdata) // 4
+            fds.extend(struct.unpack(f"{n}i", cdata[: 4 * n]))
     msg = fastjson.loads(data)
     return msg.pop("type"), msg, fds
 
 
 def send_fd_to_console_socket(path, fd):
     """The console-socket protocol of runc: connect, send the pty master with SCM_RIGHTS."""
-    import array
-
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.connect(path)
-        s.sendmsg([b"/dev/ptmx"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [fd]))])
+        s.sendmsg([b"/dev/ptmx"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds([fd]))])
     finally:
         s.close()

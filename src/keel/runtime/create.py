@@ -54,10 +54,13 @@ def create(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False
     if not os.path.isdir(rootfs):
         raise RuntimeError_(f"root.path: {rootfs} does not exist or is not a directory")
     process.check_rlimits(proc.get("rlimits"))
-    if linux.get("seccomp"):
+    if linux.get("seccomp") is not None:
         from keel.kernel import seccomp
 
-        seccomp.validate(linux["seccomp"])
+        if seccomp.enabled(linux["seccomp"]):
+            seccomp.validate(linux["seccomp"])
+        else:
+            linux["seccomp"] = None
     new_flags, join = namespace_plan(linux)
     check_sysctls(linux.get("sysctl"), new_flags, join)
     if linux.get("maskedPaths") or linux.get("readonlyPaths"):
@@ -168,11 +171,20 @@ def _create(c, cleanup, config, bundle, rootfs, new_flags, join, console_socket,
     cleanup.cgroup = cgroup
     fifo = c.fifo
     os.mkfifo(fifo, 0o622)
+    # As runc: writable by the container's root (mkfifo's mode went through the umask, and a
+    # user namespace's root is not the host's root).
+    os.chmod(fifo, 0o622)
+    root_uid, root_gid = _host_id(linux.get("uidMappings"), 0), _host_id(linux.get("gidMappings"), 0)
+    if (root_uid, root_gid) != (0, 0):
+        os.chown(fifo, root_uid, root_gid)
+    # Opened here and inherited: the init may not be able to reach --root by path (a user
+    # namespace whose root cannot search a 0700 directory above it).
+    fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
     hooks = config.get("hooks") or {}
     state = {"ociVersion": config["ociVersion"], "id": c.id, "status": "creating", "pid": 0,
              "bundle": bundle, "annotations": config.get("annotations") or {}}
     ctx = {
-        "config": config, "bundle": bundle, "rootfs": rootfs, "fifo": fifo, "cgroup": cgroup,
+        "config": config, "bundle": bundle, "rootfs": rootfs, "fifo_fd": fifo_fd, "cgroup": cgroup,
         "new_flags": new_flags, "join": join, "no_pivot": no_pivot, "preserve_fds": preserve_fds,
         "new_mount_ns": bool(new_flags & NAMESPACE_FLAGS["mount"]),
         "new_uts_ns": bool(new_flags & NAMESPACE_FLAGS["uts"]) or any(t == "uts" for t, _ in join),
@@ -186,12 +198,15 @@ def _create(c, cleanup, config, bundle, rootfs, new_flags, join, console_socket,
     # The init is our grandchild: as a subreaper we can reap it if create fails.
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     parent_sock, child_sock = channel.pair()
-    pid = os.fork()
-    if pid == 0:
-        parent_sock.close()
-        from keel.runtime import init
+    try:
+        pid = os.fork()
+        if pid == 0:
+            parent_sock.close()
+            from keel.runtime import init
 
-        init.stage1(child_sock, ctx)
+            init.stage1(child_sock, ctx)
+    finally:
+        os.close(fifo_fd)
     child_sock.close()
     cleanup.stage1_pid = pid
     console_fd = None
@@ -249,6 +264,16 @@ def _create(c, cleanup, config, bundle, rootfs, new_flags, join, console_socket,
     if pid_file:
         write_pid_file(pid_file, init_pid)
     return Created(c, console_fd)
+
+
+def _host_id(mappings, cid):
+    """The host id that container id `cid` maps to (itself without mappings, -1 if unmapped)."""
+    if not mappings:
+        return cid
+    for m in mappings:
+        if m["containerID"] <= cid < m["containerID"] + m["size"]:
+            return m["hostID"] + cid - m["containerID"]
+    return -1
 
 
 def make_cgroup(cid, linux):

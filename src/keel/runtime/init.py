@@ -14,9 +14,17 @@ from keel.runtime import channel, process, rootfs
 from keel.runtime.errors import RuntimeError_
 
 
+def describe(err):
+    """One line for any failure; an OSError without a message of ours as crun writes it."""
+    if isinstance(err, OSError) and err.strerror:
+        what = f"{err.filename}: " if err.filename is not None else ""
+        return f"{what}{err.strerror.lower()}"
+    return str(err) or type(err).__name__
+
+
 def _fail(sock, err):
     try:
-        channel.send(sock, channel.ERROR, message=str(err))
+        channel.send(sock, channel.ERROR, message=describe(err))
     finally:
         os._exit(1)
 
@@ -119,7 +127,7 @@ def init(sock, ctx):
             setup_rootfs(sock, ctx)
         else:
             _hooks_round(sock, ctx)
-        fifo_fd = os.open(ctx["fifo"], os.O_PATH | os.O_CLOEXEC)
+        fifo_fd = ctx["fifo_fd"]
         if ctx["new_mount_ns"]:
             if ctx["no_pivot"]:
                 rootfs.move_root(ctx["rootfs"])
@@ -200,16 +208,15 @@ def _hooks_round(sock, ctx):
 def setup_rootfs(sock, ctx):
     config = ctx["config"]
     linux = config["linux"]
-    # Nothing mounted here may propagate back to the host.
-    libc.mount(None, "/", None, libc.MS_SLAVE | libc.MS_REC)
+    # Nothing mounted here may propagate back to the host (rslave), unless rootfsPropagation
+    # asks otherwise: as runc, it replaces rslave, so "rshared" keeps the host's peer groups.
     prop = linux.get("rootfsPropagation")
-    if prop:
-        libc.mount(None, "/", None, rootfs.PROPAGATION[prop])
+    libc.mount(None, "/", None, rootfs.PROPAGATION[prop] if prop else libc.MS_SLAVE | libc.MS_REC)
     path = ctx["rootfs"]
+    # The mount holding the rootfs goes private first: the bind below must not propagate to
+    # the host, and pivot_root refuses a shared new root or parent.
+    _make_parent_private(os.path.dirname(path))
     libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
-    # pivot_root needs the new root's parent mount to be private.
-    parent = os.path.dirname(path)
-    _make_parent_private(parent)
     root = rootfs.Rootfs(path)
     try:
         mctx = {"cgroup": ctx.get("cgroup"), "cgroupns": ctx.get("new_cgroup_ns")}

@@ -184,6 +184,7 @@ def finalize(process, preserve_fds=0, seccomp_filter=None, on_notify=None, log=N
     sets = capsmod.CapSets(process.get("capabilities"))
     if log and sets.unknown:
         log(f"ignoring unknown or unavailable capabilities: {sorted(sets.unknown)}")
+    check_grantable(sets)
     if process.get("apparmorProfile"):
         set_apparmor(process["apparmorProfile"])
     if seccomp_filter is not None and not nnp:
@@ -220,6 +221,24 @@ def finalize(process, preserve_fds=0, seccomp_filter=None, on_notify=None, log=N
     args = process.get("args") or [process["commandLine"]]
     path = lookpath(args[0], env)
     return path, args, env, (seccomp_filter if nnp else None)
+
+
+def check_grantable(sets):
+    """A capability outside our own bounding set cannot be given (capset would fail with a bare
+    EPERM): name it. Asking to keep it in the bounding set only is harmless."""
+    wanted = sets.permitted | sets.effective | sets.inheritable
+    missing = [n for n in range(sets.last + 1) if wanted & (1 << n) and not _in_bounding(n)]
+    if missing:
+        names = ", ".join(capsmod.CAPS[n] if n < len(capsmod.CAPS) else str(n) for n in missing)
+        raise RuntimeError_(f"process.capabilities: cannot grant {names}: not in keel-runtime's own "
+                            "bounding set on this host")
+
+
+def _in_bounding(n):
+    try:
+        return libc.prctl(23, n) == 1  # PR_CAPBSET_READ
+    except KernelError:
+        return False
 
 
 def exec_process(path, args, env):

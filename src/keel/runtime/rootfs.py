@@ -129,6 +129,9 @@ class Rootfs:
                         os.mkdir(part, mode, dir_fd=fd)
                     except FileExistsError:
                         pass
+                    except OSError as e:
+                        raise RuntimeError_(f"mount destination {path}: mkdir {done} in the rootfs: "
+                                            f"{e.strerror.lower()}") from None
                     nfd = self.open(done, os.O_PATH | os.O_DIRECTORY)
                 except NotADirectoryError:
                     raise RuntimeError_(f"mount destination {path}: {done} is not a directory") from None
@@ -153,6 +156,9 @@ class Rootfs:
                                  dir_fd=pfd))
             except FileExistsError:
                 pass
+            except OSError as e:
+                raise RuntimeError_(f"mount destination {path}: create {path} in the rootfs: "
+                                    f"{e.strerror.lower()}") from None
         finally:
             os.close(pfd)
         return self.open(path)
