@@ -241,16 +241,36 @@ def setup_rootfs(sock, ctx):
         root.close()
 
 
-def _make_parent_private(parent):
-    # Find the mount that holds the rootfs and make it private in our namespace.
-    while True:
-        try:
-            libc.mount(None, parent, None, libc.MS_PRIVATE)
-            return
-        except libc.KernelError:
-            if parent == "/":
-                return
-            parent = os.path.dirname(parent)
+def _make_parent_private(path):
+    """Make the mount holding `path` private if (as runc) it is shared: pivot_root refuses a
+    shared parent, and a bind under a shared mount would propagate to the host. A slave
+    mount stays a slave, so host mounts still reach a rootfs under it (rootfsPropagation)."""
+    best, shared = None, False
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f.read().decode(errors="surrogateescape").splitlines():
+            fields = line.split(" ")
+            if len(fields) < 7:
+                continue
+            mnt = _unescape(fields[4])
+            if path == mnt or path.startswith(mnt.rstrip("/") + "/"):
+                if best is None or len(mnt) >= len(best):
+                    best = mnt
+                    shared = any(o.startswith("shared:") for o in fields[6:fields.index("-")])
+    if best is not None and shared:
+        libc.mount(None, best, None, libc.MS_PRIVATE)
+
+
+def _unescape(s):
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and s[i + 1:i + 4].isdigit():
+            out.append(chr(int(s[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
 
 
 def finish_rootfs(config, ctx):
