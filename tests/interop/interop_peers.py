@@ -14,7 +14,7 @@ and is cleaned up by name: cgroups (`/keel-test-<hex>/...`, containerd's `/<name
 containerd shim sockets (/run/containerd/s/<hash>). Podman passes no `--root` to the runtime, so
 the runtime keeps podman's containers in its default root (runc: /run/runc) under their unique
 64-hex ids; `leftovers()` asks the runtime itself (`<runtime> state <id>` must fail) that they are
-gone. conmon makes its console socket as /tmp/conmon-term.XXXXXX and removes it itself.
+gone.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Podman:
         self.cgroup_parent = "/" + self.name
         self.image = h.IMAGE_NAME_PODMAN
         d = self.dir
-        for sub in ("root", "runroot", "tmp", "volumes", "networks", "tmpdir"):
+        for sub in ("root", "runroot", "tmp", "volumes", "networks", "tmpdir", "conmon-tmp"):
             os.makedirs(d(sub), exist_ok=True)
         self.storage_driver = storage_driver or os.environ.get("KEEL_INTEROP_PODMAN_DRIVER") or "overlay"
         self._write_configs()
@@ -101,6 +101,9 @@ events_logger = "file"
 events_logfile_path = {_toml_str(d("events.log"))}
 runtime = "runc"
 conmon_path = [{_toml_str(CONMON)}]
+# conmon's whole environment; TMPDIR puts its console sockets (conmon-term.XXXXXX, left behind
+# when the runtime fails) in our temp dir instead of /tmp
+conmon_env_vars = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", {_toml_str("TMPDIR=" + d("conmon-tmp"))}]
 tmp_dir = {_toml_str(d("tmp"))}
 volume_path = {_toml_str(d("volumes"))}
 # file locks in tmp_dir/locks instead of the host-wide /dev/shm/libpod_lock

@@ -242,7 +242,7 @@ def setup_rootfs(sock, ctx):
 
 
 def _make_parent_private(path):
-    """Make the mount holding `path` private if (as runc) it is shared: pivot_root refuses a
+    """Make the mount holding `path` private if (as runc) it is shared (or unbindable): pivot_root refuses a
     shared parent, and a bind under a shared mount would propagate to the host. A slave
     mount stays a slave, so host mounts still reach a rootfs under it (rootfsPropagation)."""
     best, shared = None, False
@@ -255,7 +255,9 @@ def _make_parent_private(path):
             if path == mnt or path.startswith(mnt.rstrip("/") + "/"):
                 if best is None or len(mnt) >= len(best):
                     best = mnt
-                    shared = any(o.startswith("shared:") for o in fields[6:fields.index("-")])
+                    # unbindable too: the rootfs could not be bind-mounted from it
+                    shared = any(o.startswith("shared:") or o == "unbindable"
+                                 for o in fields[6:fields.index("-")])
     if best is not None and shared:
         libc.mount(None, best, None, libc.MS_PRIVATE)
 
