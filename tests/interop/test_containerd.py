@@ -3,6 +3,7 @@
 process (container or shim), no mount, no cgroup, no runtime state."""
 
 import os
+import re
 import time
 
 import pytest
@@ -115,5 +116,22 @@ def test_delete_force_running(ctr):
     assert res.returncode == 0, res.stderr
     assert time.monotonic() - t0 < 10
     assert cid not in ctr.tasks()
+    ctr("containers", "delete", cid, check=True)
+    assert_clean(ctr, cid, (pid,))
+
+
+def test_exec_tty(ctr):
+    """`ctr tasks exec -t` through our own pty: the shim passes --console-socket to `exec`."""
+    cid, pid = start_detached(ctr, "sleep", "100")
+    argv = ctr.argv("tasks", "exec", "-t", "--exec-id", h.unique_name("exec-"), "--fifo-dir",
+                    ctr.fifo_dir, cid, "sh")
+    out, rc = h.run_in_pty(argv, b"echo hi; tty; exit 6\n", timeout=60)
+    text = out.decode(errors="replace")
+    assert rc == 6, text
+    assert re.search(r"^hi\r*$", text, re.M), text
+    assert re.search(r"^/dev/pts/\d+\r*$", text, re.M), text
+    ctr("tasks", "kill", "-s", "KILL", cid)
+    assert wait_stopped(ctr, cid), ctr.tasks()
+    ctr.delete_task(cid)
     ctr("containers", "delete", cid, check=True)
     assert_clean(ctr, cid, (pid,))

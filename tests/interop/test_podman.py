@@ -195,3 +195,14 @@ def test_rm_force_running_kill(podman):
     assert res.returncode == 0, res.stderr
     assert cid[:12] not in podman("ps", "-a", "--format", "{{.ID}}", check=True).stdout
     assert_clean(podman, cid, (state["Pid"], state["ConmonPid"]))
+
+
+def test_exec_interactive_tty(podman):
+    """`podman exec -it` through our own pty: conmon passes --tty --console-socket to `exec`."""
+    cid = run_detached(podman, "sleep", "100")
+    argv = podman.argv("exec", "-it", cid, "sh")
+    out, rc = h.run_in_pty(argv, b"echo hi; tty; exit 6\n", env=podman.env, timeout=60)
+    text = out.decode(errors="replace")
+    assert rc == 6, text
+    assert re.search(r"^hi\r?$", text, re.M), text
+    assert re.search(r"^/dev/pts/\d+\r?$", text, re.M), text

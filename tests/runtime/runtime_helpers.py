@@ -12,11 +12,17 @@ import sys
 import tempfile
 import time
 
+from keel.runtime.state import valid_id
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def runtime_argv():
-    """keel-runtime as CI runs it: the launcher next to this interpreter, else the module."""
+    """keel-runtime as CI runs it: the launcher next to this interpreter, else the module.
+    KEEL_RUNTIME_UNDER_TEST=/path/to/binary runs the suite against another build (or runc)."""
+    other = os.environ.get("KEEL_RUNTIME_UNDER_TEST")
+    if other:
+        return [other]
     launcher = os.path.join(os.path.dirname(sys.executable), "keel-runtime")
     if os.path.exists(launcher):
         return [launcher]
@@ -55,17 +61,28 @@ class Runtime:
 
     def _note(self, args):
         args = [str(a) for a in args]
-        if args and args[0] in ("create", "run") and len(args) > 1 and args[-1] not in self.ids:
+        if args and args[0] in ("create", "run") and len(args) > 1 and args[-1] not in self.ids \
+                and valid_id(args[-1]):  # an invalid id cannot name anything (and ".." would match all)
             self.ids.append(args[-1])
 
-    def __call__(self, *args, check=False, timeout=30, input=None, pass_fds=(), cwd=None, env=None):
+    def __call__(self, *args, check=False, timeout=30, input=None, pass_fds=(), cwd=None, env=None,
+                 fd_map=None):
+        """Run keel-runtime; fd_map {n: fd} gives the child fd `fd` as number n (e.g. 3 for
+        --preserve-fds) without touching the test process's own fd n."""
         self._note(args)
         argv = self.cmd(*args)
+        preexec = None
+        if fd_map:
+            pass_fds = tuple(pass_fds) + tuple(fd_map)
+
+            def preexec():
+                for n, fd in fd_map.items():
+                    os.dup2(fd, n)
         # Files, not pipes: `create` hands its stdio to the container, whose init outlives it.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             p = subprocess.run(argv, input=input, stdin=None if input is not None else subprocess.DEVNULL,
                                stdout=out, stderr=err, text=True, timeout=timeout, pass_fds=pass_fds,
-                               cwd=cwd, env=env)
+                               cwd=cwd, env=env, preexec_fn=preexec)
             out.seek(0)
             err.seek(0)
             r = Result(argv, p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"))

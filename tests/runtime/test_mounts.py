@@ -325,3 +325,13 @@ def test_container_mounts_do_not_reach_the_host(bundle, tmp_path):
     after = [m for m in open("/proc/self/mountinfo") if str(tmp_path) in m or " /tmp " in m]
     assert before == after == []
     assert bundle.start().rc == 0
+
+
+def test_no_pivot(bundle):
+    """--no-pivot: the rootfs is moved over / and chrooted into; the container sees the same."""
+    r = bundle.sh("ls /bin/busybox; touch /x 2>&1; echo rc=$?; grep -c ' / ' /proc/self/mountinfo").run(
+        "--no-pivot")
+    assert r.rc == 0, r
+    lines = r.out.splitlines()
+    assert lines[0] == "/bin/busybox"
+    assert "Read-only file system" in r.out and "rc=1" in r.out

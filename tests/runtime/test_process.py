@@ -1,7 +1,5 @@
 """The container process: args, env, cwd, user, capabilities, no_new_privs, rlimits, oomScoreAdj."""
 
-import os
-
 import pytest
 
 from keel.kernel.caps import CAP_NUMBERS, last_cap

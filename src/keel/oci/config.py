@@ -144,11 +144,12 @@ def _check(value, schema, where):
             raise ConfigError(f"{where}: expected an object, got {_json_type(value)}")
         for field, (sub, required) in schema.items():
             v = value.get(field)
+            name = f"{where}.{field}" if where else field
             if v is None:
                 if required:
-                    raise ConfigError(f"{where}.{field}: required field is missing")
+                    raise ConfigError(f"{name}: required field is missing")
                 continue
-            _check(v, sub, f"{where}.{field}" if where else field)
+            _check(v, sub, name)
         return
     kind, sub = schema
     if kind == "list":
@@ -244,6 +245,10 @@ def validate(config):
         path = ns.get("path")
         if path is not None and not os.path.isabs(path):
             raise ConfigError(f"linux.namespaces[{i}].path: {path!r} must be an absolute path")
+    for field in ("hostname", "domainname"):
+        if config.get(field) and "uts" not in seen:
+            # as runc: without a UTS namespace of its own it would be the host's name
+            raise ConfigError(f"{field}: setting it needs a uts namespace in linux.namespaces")
     user_new = any(ns["type"] == "user" and not ns.get("path") for ns in linux.get("namespaces") or ())
     if user_new and not (linux.get("uidMappings") and linux.get("gidMappings")):
         raise ConfigError("linux.uidMappings: a new user namespace needs uidMappings and gidMappings")

@@ -45,11 +45,31 @@ def loads(s):
         obj, i = _scan(s, i)
     except StopIteration as e:
         raise JSONError("expecting a value", e.value) from None
+    except (SystemError, ValueError) as e:
+        raise _syntax_error(s, i, e) from None
     while i < end and s[i] in _WS:
         i += 1
     if i != end:
         raise JSONError("extra data", i)
     return obj
+
+
+def _syntax_error(s, start, err):
+    """The C scanner reports a syntax error with json.decoder.JSONDecodeError, which it looks up
+    in sys.modules only: before `json` is imported it fails with a SystemError instead. On
+    this error path importing json costs nothing that matters; scan again to learn what is wrong."""
+    if not hasattr(err, "pos"):
+        import json.decoder  # noqa: F401 - registers JSONDecodeError for the scanner
+
+        try:
+            _scan(s, start)
+        except ValueError as e:
+            err = e
+        except StopIteration as e:
+            return JSONError("expecting a value", e.value)
+    pos = getattr(err, "pos", start)
+    msg = (getattr(err, "msg", None) or str(err)).removesuffix(" at")
+    return JSONError(msg[:1].lower() + msg[1:], pos)
 
 
 def _no_default(o):

@@ -2,7 +2,7 @@
 run the runtime-side hooks, and leave the init waiting on exec.fifo for `start`.
 
 On any failure nothing is left behind: the init is killed, the cgroup and the
-state dir are removed (and poststop hooks run once createRuntime hooks have).
+state dir are removed (and, as runc, poststop hooks run once the init exists).
 """
 
 import os
@@ -126,6 +126,7 @@ class _Cleanup:
         self.stage1_pid = None
         self.cgroup = None
         self.poststop = False
+        self.state = None
 
     def run(self):
         import signal
@@ -146,7 +147,8 @@ class _Cleanup:
         if self.poststop:
             from keel.runtime import hooks
 
-            hooks.run_warn(self.config.get("hooks"), "poststop", self.c.oci_state("stopped"))
+            state = dict(self.state or self.c.oci_state("stopped"), status="stopped", pid=0)
+            hooks.run_warn(self.config.get("hooks"), "poststop", state)
         import shutil
 
         shutil.rmtree(self.c.dir, ignore_errors=True)
@@ -183,6 +185,7 @@ def _create(c, cleanup, config, bundle, rootfs, new_flags, join, console_socket,
     hooks = config.get("hooks") or {}
     state = {"ociVersion": config["ociVersion"], "id": c.id, "status": "creating", "pid": 0,
              "bundle": bundle, "annotations": config.get("annotations") or {}}
+    cleanup.state = state
     ctx = {
         "config": config, "bundle": bundle, "rootfs": rootfs, "fifo_fd": fifo_fd, "cgroup": cgroup,
         "new_flags": new_flags, "join": join, "no_pivot": no_pivot, "preserve_fds": preserve_fds,
@@ -218,13 +221,13 @@ def _create(c, cleanup, config, bundle, rootfs, new_flags, join, console_socket,
                 channel.send(parent_sock, channel.IDMAP_DONE)
             elif kind == channel.INIT_PID:
                 cleanup.init_pid = msg["pid"]
+                cleanup.poststop = True  # the container exists: its end runs poststop
                 os.waitpid(pid, 0)
                 cleanup.stage1_pid = None
             elif kind == channel.HOOKS_REQUEST:
                 from keel.runtime import hooks as hookmod
 
                 state = dict(state, pid=cleanup.init_pid)
-                cleanup.poststop = True
                 hookmod.run(hooks, "prestart", state)
                 hookmod.run(hooks, "createRuntime", state)
                 channel.send(parent_sock, channel.HOOKS_DONE)
@@ -292,7 +295,8 @@ def make_cgroup(cid, linux):
             from keel.runtime.rootfs import DEFAULT_DEVICE_RULES
 
             extra = [{"allow": True, "type": d["type"] if d["type"] != "u" else "c", "major": d.get("major"),
-                      "minor": d.get("minor"), "access": "rwm"} for d in linux.get("devices") or ()]
+                      "minor": d.get("minor"), "access": "rwm"} for d in linux.get("devices") or ()
+                     if d["type"] != "p"]  # fifos are not devices to the device cgroup
             resources["devices"] = list(resources["devices"]) + DEFAULT_DEVICE_RULES + extra
         try:
             cg.apply(resources)

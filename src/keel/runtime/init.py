@@ -7,6 +7,9 @@ return: they exit or exec.
 """
 
 import os
+import time as _t
+_T0=_t.perf_counter()
+def _tr(m): os.write(2, f"{(_t.perf_counter()-_T0)*1000:.1f} {m}\n".encode())
 
 from keel.kernel import libc
 from keel.oci.config import NAMESPACE_FLAGS
@@ -35,7 +38,7 @@ def stage1(sock, ctx):
         # Nothing in the container may open /proc/<pid>/exe of a runtime process
         # (CVE-2019-5736): a non-dumpable process's exe link needs CAP_SYS_PTRACE
         # in the host user namespace. execve of the user process resets it.
-        libc.prctl(libc.PR_SET_DUMPABLE, 0)
+        _tr("stage1"); libc.prctl(libc.PR_SET_DUMPABLE, 0)
         cgroup = ctx.get("cgroup")
         if cgroup is not None:
             cgroup.join(os.getpid())
@@ -54,7 +57,7 @@ def stage1(sock, ctx):
             libc.unshare(new)
         if ctx.get("time_offsets"):
             write_time_offsets(ctx["time_offsets"])
-        pid = os.fork()
+        _tr("unshared"); pid = os.fork()
         if pid == 0:
             init(sock, ctx)
         channel.send(sock, channel.INIT_PID, pid=pid)
@@ -119,10 +122,13 @@ def init(sock, ctx):
     """pid 1 of the container: build it, wait for `start`, exec. Never returns."""
     try:
         os.setsid()
+        # Hooks and seccomp agents get the pid as the runtime's namespace sees it (the spec's
+        # "as seen by the host"), not 1: the host's /proc is still mounted here.
+        ctx["host_pid"] = _host_pid()
         config = ctx["config"]
         linux = config["linux"]
         proc = config["process"]
-        seccomp_filter = preload(config)
+        _tr("init start"); seccomp_filter = preload(config); _tr("preload")
         if ctx["new_mount_ns"]:
             setup_rootfs(sock, ctx)
         else:
@@ -133,7 +139,6 @@ def init(sock, ctx):
                 rootfs.move_root(ctx["rootfs"])
             else:
                 rootfs.pivot(ctx["rootfs"])
-            finish_rootfs(config, ctx)
         else:
             os.chroot(ctx["rootfs"])
             os.chdir("/")
@@ -143,8 +148,11 @@ def init(sock, ctx):
             _socket.sethostname(config["hostname"])
         if config.get("domainname") is not None and ctx["new_uts_ns"]:
             libc.setdomainname(config["domainname"])
+        # Before readonlyPaths makes /proc/sys read-only (runc's order).
         for key, value in (linux.get("sysctl") or {}).items():
             write_sysctl(key, value)
+        if ctx["new_mount_ns"]:
+            finish_rootfs(config, ctx); _tr("pivot+finish")
         if ctx["new_net_ns"]:
             loopback_up()
         if proc.get("terminal"):
@@ -161,7 +169,7 @@ def init(sock, ctx):
         path, args, env, late = process.finalize(
             proc, ctx["preserve_fds"], seccomp_filter,
             on_notify=lambda fd: send_notify(linux["seccomp"], fd, ctx))
-        channel.send(sock, channel.READY)
+        _tr("finalize"); channel.send(sock, channel.READY)
         sock.close()
     except BaseException as e:  # noqa: BLE001
         _fail(sock, e)
@@ -175,7 +183,7 @@ def init(sock, ctx):
         if hooks.get("startContainer"):
             from keel.runtime import hooks as hookmod
 
-            state = dict(ctx["state"], status="created", pid=os.getpid())
+            state = dict(ctx["state"], status="created", pid=ctx["host_pid"])
             hookmod.run(hooks, "startContainer", state)
         if late is not None:
             notify_fd = late.load()
@@ -187,12 +195,19 @@ def init(sock, ctx):
     os._exit(127)
 
 
+def _host_pid():
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return os.getpid()
+
+
 def send_notify(profile, fd, ctx):
     from keel.kernel import seccomp
 
     listener = profile.get("listenerPath")
     if listener:
-        state = dict(ctx["state"], status="creating", pid=os.getpid())
+        state = dict(ctx["state"], status="creating", pid=ctx["host_pid"])
         seccomp.send_notify_fd(listener, fd, state, profile.get("listenerMetadata") or "")
     os.close(fd)
 
@@ -235,7 +250,7 @@ def setup_rootfs(sock, ctx):
         if hooks.get("createContainer"):
             from keel.runtime import hooks as hookmod
 
-            state = dict(ctx["state"], status="creating", pid=os.getpid())
+            state = dict(ctx["state"], status="creating", pid=ctx["host_pid"])
             hookmod.run(hooks, "createContainer", state)
     finally:
         root.close()

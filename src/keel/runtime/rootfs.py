@@ -6,6 +6,7 @@ resolves inside the rootfs, never out of it (CVE-2021-30465), and the kernel doe
 the mount on the opened file through /proc/self/fd, so no path is looked up twice.
 """
 
+import errno
 import os
 import stat
 
@@ -50,6 +51,7 @@ DEFAULT_DEVICES = (
 DEFAULT_LINKS = (
     ("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
     ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr"),
+    ("pts/ptmx", "/dev/ptmx"),  # as runc, always: the container's own devpts instance
 )
 # The cgroup rules that go with the default devices (runc's allowed list).
 DEFAULT_DEVICE_RULES = [
@@ -116,52 +118,82 @@ class Rootfs:
 
     def mkdir_all(self, path, mode=0o755):
         """Create `path` and its parents inside the rootfs; returns an O_PATH fd to it."""
-        parts = [p for p in path.split("/") if p and p != "."]
+        return self._walk(path, mode, None)
+
+    def mkfile(self, path, mode=0o644):
+        """Create an empty file at `path` (parents too) unless something is there; returns O_PATH fd."""
+        return self._walk(path, 0o755, mode)
+
+    def _walk(self, path, dir_mode, file_mode):
+        """Walk `path` one component at a time as if the rootfs were "/": a symlink (even one
+        whose target does not exist yet) is followed inside the rootfs, never out of it (runc's
+        MkdirAllInRoot), and what is missing is created there; a directory, or with file_mode
+        an empty file for the last component. Each step opens one name beneath the directory
+        already held, refusing symlinks, so a link swapped in meanwhile is seen, not followed."""
+        todo = [p for p in path.split("/") if p and p != "."]
+        done = []
         fd = os.dup(self.fd)
-        done = ""
+        links = 0
         try:
-            for part in parts:
-                done = done + "/" + part
+            while todo:
+                part = todo.pop(0)
+                if part == "..":
+                    done = done[:-1]
+                    os.close(fd)
+                    fd = os.dup(self.fd)
+                    todo = done + todo
+                    done = []
+                    continue
+                last = not todo
+                where = "/" + "/".join(done + [part])
                 try:
-                    nfd = self.open(done, os.O_PATH | os.O_DIRECTORY)
+                    st = os.stat(part, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
                     try:
-                        os.mkdir(part, mode, dir_fd=fd)
+                        if last and file_mode is not None:
+                            os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW |
+                                             os.O_CLOEXEC, file_mode, dir_fd=fd))
+                        else:
+                            os.mkdir(part, dir_mode, dir_fd=fd)
                     except FileExistsError:
-                        pass
+                        pass  # made meanwhile: look again
                     except OSError as e:
-                        raise RuntimeError_(f"mount destination {path}: mkdir {done} in the rootfs: "
+                        what = "create" if last and file_mode is not None else "mkdir"
+                        raise RuntimeError_(f"mount destination {path}: {what} {where} in the rootfs: "
                                             f"{e.strerror.lower()}") from None
-                    nfd = self.open(done, os.O_PATH | os.O_DIRECTORY)
-                except NotADirectoryError:
-                    raise RuntimeError_(f"mount destination {path}: {done} is not a directory") from None
+                    todo.insert(0, part)
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    if links > 40:
+                        raise RuntimeError_(f"mount destination {path}: too many levels of symbolic links")
+                    target = os.readlink(part, dir_fd=fd)
+                    if target.startswith("/"):
+                        os.close(fd)
+                        fd = os.dup(self.fd)
+                        done = []
+                    todo = [p for p in target.split("/") if p and p != "."] + todo
+                    continue
+                if (not last or file_mode is None) and not stat.S_ISDIR(st.st_mode):
+                    raise RuntimeError_(f"mount destination {path}: {where} is not a directory")
+                try:
+                    nfd = libc.openat2(fd, part, os.O_PATH | os.O_NOFOLLOW,
+                                       libc.RESOLVE_BENEATH | libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOENT):
+                        todo.insert(0, part)  # swapped meanwhile: look again
+                        links += 1
+                        if links > 40:
+                            raise RuntimeError_(f"mount destination {path}: {where} keeps changing") from None
+                        continue
+                    raise RuntimeError_(f"mount destination {path}: open {where}: {e.strerror.lower()}") from None
                 os.close(fd)
                 fd = nfd
+                done.append(part)
             return fd
         except BaseException:
             os.close(fd)
             raise
-
-    def mkfile(self, path, mode=0o644):
-        """Create an empty file at `path` (parents too) unless something is there; returns O_PATH fd."""
-        try:
-            return self.open(path)
-        except FileNotFoundError:
-            pass
-        parent, _, name = path.rstrip("/").rpartition("/")
-        pfd = self.mkdir_all(parent or "/")
-        try:
-            try:
-                os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                                 dir_fd=pfd))
-            except FileExistsError:
-                pass
-            except OSError as e:
-                raise RuntimeError_(f"mount destination {path}: create {path} in the rootfs: "
-                                    f"{e.strerror.lower()}") from None
-        finally:
-            os.close(pfd)
-        return self.open(path)
 
 
 def _locked_flags(path):
