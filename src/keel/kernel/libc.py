@@ -23,6 +23,9 @@ SYS_IOPRIO_SET = 251
 SYS_CLOSE_RANGE = 436
 SYS_OPENAT2 = 437
 SYS_PERSONALITY = 135
+SYS_KEYCTL = 250
+KEYCTL_JOIN_SESSION_KEYRING = 1
+KEYCTL_SETPERM = 5
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -120,6 +123,17 @@ def setdomainname(name):
     data = name.encode()
     if _libc.setdomainname(data, len(data)) != 0:
         _fail(f"setdomainname {name!r}")
+
+
+def join_session_keyring(name):
+    """A new session keyring for the container, so it cannot see the caller's keys."""
+    serial = _syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, _b(name))
+    if serial < 0:
+        _fail(f"keyctl join session keyring {name}")
+    # possessor: all; user: view, read, write, search, link (runc's 0x3f1f0000 mask)
+    if _syscall(SYS_KEYCTL, KEYCTL_SETPERM, ctypes.c_long(serial), ctypes.c_ulong(0x3F1F0000)) < 0:
+        _fail(f"keyctl setperm {name}")
+    return serial
 
 
 def personality(persona):

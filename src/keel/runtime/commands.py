@@ -23,7 +23,8 @@ def cmd_create(opts, args):
 
     create(opts.root, args[0], opts.bundle or ".", console_socket=opts.console_socket,
            pid_file=opts.pid_file, no_pivot=bool(opts.no_pivot),
-           preserve_fds=_int(opts.preserve_fds or 0, "--preserve-fds"))
+           preserve_fds=_int(opts.preserve_fds or 0, "--preserve-fds"),
+           no_new_keyring=bool(opts.no_new_keyring))
 
 
 def cmd_run(opts, args):
@@ -32,7 +33,8 @@ def cmd_run(opts, args):
     return run(opts.root, args[0], opts.bundle or ".", console_socket=opts.console_socket,
                pid_file=opts.pid_file, no_pivot=bool(opts.no_pivot),
                preserve_fds=_int(opts.preserve_fds or 0, "--preserve-fds"),
-               detach=bool(opts.detach), keep=bool(opts.keep))
+               detach=bool(opts.detach), keep=bool(opts.keep),
+               no_new_keyring=bool(opts.no_new_keyring))
 
 
 def cmd_start(opts, args):
@@ -129,6 +131,11 @@ def container_pids(c):
 def cmd_exec(opts, args):
     from keel.runtime.exec import build_process, exec_
 
+    if opts.process_label:
+        from keel.runtime.create import selinux_enabled
+
+        if selinux_enabled():
+            raise RuntimeError_("--process-label: SELinux labels are not supported by keel-runtime")
     c = Container.load(opts.root, args[0])
     proc = build_process(c, opts, args[1:])
     return exec_(c, proc, console_socket=opts.console_socket, detach=bool(opts.detach),

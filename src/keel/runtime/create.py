@@ -32,7 +32,7 @@ def rfc3339_now():
 
 
 def create(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False,
-           preserve_fds=0, keep_console=False):
+           preserve_fds=0, keep_console=False, no_new_keyring=False):
     check_id(cid)
     bundle = os.path.abspath(bundle)
     config = ociconfig.load(bundle)
@@ -54,6 +54,7 @@ def create(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False
     if not os.path.isdir(rootfs):
         raise RuntimeError_(f"root.path: {rootfs} does not exist or is not a directory")
     process.check_rlimits(proc.get("rlimits"))
+    check_labels(proc, linux)
     if linux.get("seccomp") is not None:
         from keel.kernel import seccomp
 
@@ -76,7 +77,7 @@ def create(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False
     cleanup = _Cleanup(c, config)
     try:
         return _create(c, cleanup, config, bundle, rootfs, new_flags, join, console_socket,
-                       pid_file, no_pivot, preserve_fds, keep_console)
+                       pid_file, no_pivot, preserve_fds, keep_console, no_new_keyring)
     except BaseException as e:
         cleanup.run()
         if isinstance(e, (RuntimeError_, KeyboardInterrupt)):
@@ -84,6 +85,17 @@ def create(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False
         if isinstance(e, libc.KernelError):
             raise RuntimeError_(str(e)) from None
         raise
+
+
+def selinux_enabled():
+    return os.path.exists("/sys/fs/selinux/enforce")
+
+
+def check_labels(proc, linux):
+    """SELinux labels are no-ops on a host without SELinux (as in runc); keel cannot apply them."""
+    if (proc.get("selinuxLabel") or linux.get("mountLabel")) and selinux_enabled():
+        field = "process.selinuxLabel" if proc.get("selinuxLabel") else "linux.mountLabel"
+        raise RuntimeError_(f"{field}: SELinux labels are not supported by keel-runtime")
 
 
 def namespace_plan(linux):
@@ -167,7 +179,7 @@ def _reap(pid):
 
 
 def _create(c, cleanup, config, bundle, rootfs, new_flags, join, console_socket, pid_file,
-            no_pivot, preserve_fds, keep_console):
+            no_pivot, preserve_fds, keep_console, no_new_keyring):
     linux = config["linux"]
     cgroup = make_cgroup(c.id, linux)
     cleanup.cgroup = cgroup
@@ -195,6 +207,7 @@ def _create(c, cleanup, config, bundle, rootfs, new_flags, join, console_socket,
         "new_cgroup_ns": bool(new_flags & NAMESPACE_FLAGS["cgroup"]),
         "in_userns": bool(new_flags & NAMESPACE_FLAGS["user"]) or any(t == "user" for t, _ in join),
         "time_offsets": linux.get("timeOffsets"),
+        "new_keyring": not no_new_keyring,
         "parent_hooks": bool(hooks.get("prestart") or hooks.get("createRuntime")),
         "state": state,
     }

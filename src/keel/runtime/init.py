@@ -7,9 +7,6 @@ return: they exit or exec.
 """
 
 import os
-import time as _t
-_T0=_t.perf_counter()
-def _tr(m): os.write(2, f"{(_t.perf_counter()-_T0)*1000:.1f} {m}\n".encode())
 
 from keel.kernel import libc
 from keel.oci.config import NAMESPACE_FLAGS
@@ -38,7 +35,7 @@ def stage1(sock, ctx):
         # Nothing in the container may open /proc/<pid>/exe of a runtime process
         # (CVE-2019-5736): a non-dumpable process's exe link needs CAP_SYS_PTRACE
         # in the host user namespace. execve of the user process resets it.
-        _tr("stage1"); libc.prctl(libc.PR_SET_DUMPABLE, 0)
+        libc.prctl(libc.PR_SET_DUMPABLE, 0)
         cgroup = ctx.get("cgroup")
         if cgroup is not None:
             cgroup.join(os.getpid())
@@ -57,7 +54,7 @@ def stage1(sock, ctx):
             libc.unshare(new)
         if ctx.get("time_offsets"):
             write_time_offsets(ctx["time_offsets"])
-        _tr("unshared"); pid = os.fork()
+        pid = os.fork()
         if pid == 0:
             init(sock, ctx)
         channel.send(sock, channel.INIT_PID, pid=pid)
@@ -128,7 +125,7 @@ def init(sock, ctx):
         config = ctx["config"]
         linux = config["linux"]
         proc = config["process"]
-        _tr("init start"); seccomp_filter = preload(config); _tr("preload")
+        seccomp_filter = preload(config)
         if ctx["new_mount_ns"]:
             setup_rootfs(sock, ctx)
         else:
@@ -152,9 +149,11 @@ def init(sock, ctx):
         for key, value in (linux.get("sysctl") or {}).items():
             write_sysctl(key, value)
         if ctx["new_mount_ns"]:
-            finish_rootfs(config, ctx); _tr("pivot+finish")
+            finish_rootfs(config, ctx)
         if ctx["new_net_ns"]:
             loopback_up()
+        if ctx["new_keyring"]:
+            new_session_keyring(ctx["state"]["id"])
         if proc.get("terminal"):
             setup_console(sock, proc)
         if linux.get("personality"):
@@ -169,7 +168,7 @@ def init(sock, ctx):
         path, args, env, late = process.finalize(
             proc, ctx["preserve_fds"], seccomp_filter,
             on_notify=lambda fd: send_notify(linux["seccomp"], fd, ctx))
-        _tr("finalize"); channel.send(sock, channel.READY)
+        channel.send(sock, channel.READY)
         sock.close()
     except BaseException as e:  # noqa: BLE001
         _fail(sock, e)
@@ -349,6 +348,16 @@ def setup_console(sock, proc, bind_console=True):
     os.close(slave)
     channel.send(sock, channel.CONSOLE, fds=[master])
     os.close(master)
+
+
+def new_session_keyring(cid):
+    try:
+        libc.join_session_keyring(f"_ses.{cid}")
+    except libc.KernelError as e:
+        # Like runc: a kernel without keyrings (ENOSYS) or a seccomp filter that blocks
+        # keyctl (as Docker's default profile does, EPERM) means no keyring, not an error.
+        if e.errno not in (38, 1):
+            raise RuntimeError_(f"session keyring: {e}") from None
 
 
 def set_personality(pers):

@@ -7,10 +7,11 @@ from keel.runtime.errors import RuntimeError_
 
 
 def run(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False, preserve_fds=0,
-        detach=False, keep=False):
+        detach=False, keep=False, no_new_keyring=False):
     keep_console = not detach and not console_socket
     created = create.create(root, cid, bundle, console_socket=console_socket, pid_file=pid_file,
-                            no_pivot=no_pivot, preserve_fds=preserve_fds, keep_console=keep_console)
+                            no_pivot=no_pivot, preserve_fds=preserve_fds, keep_console=keep_console,
+                            no_new_keyring=no_new_keyring)
     c = created.container
     try:
         start.start(c)
