@@ -38,6 +38,8 @@ Commands:
   exec      run a new process in a running container
   pause     freeze every process of a container
   resume    thaw a paused container
+  update    change a running container's resource limits
+  events    print a container's stats and OOM events as JSON lines
   spec      write a default config.json
   features  print what this runtime supports, as JSON
 
@@ -70,6 +72,16 @@ COMMANDS = {
              "process-label": ("process_label", _V), "ignore-paused": ("ignore_paused", _B)},
     "pause": {},
     "resume": {},
+    "update": {"resources": ("resources", _V), "r": ("resources", _V),
+               "memory": ("memory", _V), "memory-reservation": ("memory_reservation", _V),
+               "memory-swap": ("memory_swap", _V), "kernel-memory": ("kernel_memory", _V),
+               "kernel-memory-tcp": ("kernel_memory_tcp", _V), "cpu-period": ("cpu_period", _V),
+               "cpu-quota": ("cpu_quota", _V), "cpu-share": ("cpu_share", _V),
+               "cpu-shares": ("cpu_share", _V), "cpu-rt-period": ("cpu_rt_period", _V),
+               "cpu-rt-runtime": ("cpu_rt_runtime", _V), "cpuset-cpus": ("cpuset_cpus", _V),
+               "cpuset-mems": ("cpuset_mems", _V), "pids-limit": ("pids_limit", _V),
+               "blkio-weight": ("blkio_weight", _V)},
+    "events": {"stats": ("stats", _B), "interval": ("interval", _V)},
     "spec": {"bundle": ("bundle", _V), "b": ("bundle", _V), "rootless": ("rootless", _B)},
     "features": {},
 }
@@ -85,6 +97,8 @@ ARGS = {  # command -> (min positional, max positional or None, usage)
     "exec": (1, None, "exec [options] <container-id> [command [args...]]"),
     "pause": (1, 1, "pause <container-id>"),
     "resume": (1, 1, "resume <container-id>"),
+    "update": (1, 1, "update [options] <container-id>"),
+    "events": (1, 1, "events [--stats] [--interval 5s] <container-id>"),
     "spec": (0, 0, "spec [--bundle DIR] [--rootless]"),
     "features": (0, 0, "features"),
 }

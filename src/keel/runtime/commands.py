@@ -167,6 +167,24 @@ def cmd_resume(opts, args):
     _cgroup_of(c).thaw()
 
 
+def cmd_update(opts, args):
+    from keel.runtime.update import resources_from, update
+
+    c = Container.load(opts.root, args[0])
+    update(c, resources_from(opts))
+
+
+def cmd_events(opts, args):
+    from keel.runtime.events import events, parse_interval
+
+    c = Container.load(opts.root, args[0])
+    interval = parse_interval(opts.interval) if opts.interval else 5.0
+    try:
+        return events(c, bool(opts.stats), interval)
+    except BrokenPipeError:
+        return 0
+
+
 def cmd_spec(opts, args):
     from keel.runtime.spec import default_spec
 
