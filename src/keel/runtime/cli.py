@@ -18,7 +18,8 @@ USAGE = """usage: keel-runtime [global options] COMMAND [options] [arguments]
 An OCI runtime with runc's command line.
 
 Global options:
-  --root DIR           state directory (default /run/keel/runtime, env KEEL_RUNTIME_ROOT)
+  --root DIR           state directory (default /run/keel/runtime; rootless:
+                       $XDG_RUNTIME_DIR/keel-runtime; env KEEL_RUNTIME_ROOT)
   --log FILE           write log lines to FILE
   --log-format FORMAT  text or json (default text)
   --debug              log debug lines
@@ -106,6 +107,14 @@ GLOBAL = {"root": ("root", _V), "log": ("log", _V), "log-format": ("log_format",
           "debug": ("debug", _B), "systemd-cgroup": ("systemd_cgroup", _B),
           "criu": ("criu", _V), "rootless": ("rootless", _V)}
 _STOP_AT_POSITIONAL = {"exec", "ps"}
+
+
+def default_root():
+    """/run/keel/runtime for root; a rootless caller's own runtime dir otherwise (as runc)."""
+    if os.geteuid() == 0:
+        return DEFAULT_ROOT
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(xdg, "keel-runtime") if xdg else f"/tmp/keel-runtime-{os.geteuid()}"
 
 
 class UsageError(Exception):
@@ -244,7 +253,7 @@ def main(argv=None):
         log.error("--systemd-cgroup: the systemd cgroup driver is not supported by keel-runtime (use cgroupfs paths)")
         return 2
     if opts.root is None:
-        opts.root = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+        opts.root = os.environ.get(ROOT_ENV) or default_root()
     opts.root = os.path.abspath(opts.root)
     log.debug(f"command {cmd} {args}")
     try:

@@ -293,15 +293,23 @@ def _host_id(mappings, cid):
 
 
 def make_cgroup(cid, linux):
+    """The container's cgroup with its resources; None for a rootless caller that may not
+    create one and asked for no limits (runc skips cgroups the same way)."""
     from keel.kernel.cgroups import Cgroup
     from keel.kernel.errors import CgroupError
 
+    resources = linux.get("resources")
     try:
         cg = Cgroup.from_spec(linux.get("cgroupsPath"), cid)
         cg.create()
     except CgroupError as e:
+        if os.geteuid() != 0 and e.errno in (1, 13, 30):
+            if _has_limits(resources):
+                raise RuntimeError_(f"linux.resources: a rootless container cannot have limits "
+                                    f"without a delegated cgroup: {e}") from None
+            log.debug(f"rootless: no cgroup ({e})")
+            return None
         raise RuntimeError_(f"linux.cgroupsPath: {e}") from None
-    resources = linux.get("resources")
     if resources or linux.get("devices"):
         resources = dict(resources or {})
         if resources.get("devices"):
@@ -323,14 +331,50 @@ def make_cgroup(cid, linux):
     return cg
 
 
+def _has_limits(resources):
+    if not resources:
+        return False
+    return any(v for k, v in resources.items() if k != "devices")
+
+
 def write_id_maps(pid, linux):
+    rootless = os.geteuid() != 0
+    if rootless:
+        # An unprivileged writer of gid_map must first give up setgroups (user_namespaces(7)).
+        try:
+            with open(f"/proc/{pid}/setgroups", "w") as f:
+                f.write("deny")
+        except OSError:
+            pass
     for kind, key in (("uid", "uidMappings"), ("gid", "gidMappings")):
-        lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in linux.get(key) or ())
+        maps = linux.get(key) or ()
+        lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
         try:
             with open(f"/proc/{pid}/{kind}_map", "w") as f:
                 f.write(lines)
+        except PermissionError as e:
+            if not rootless:
+                raise RuntimeError_(f"linux.{key}: write /proc/{pid}/{kind}_map: {e.strerror.lower()}") from None
+            _newidmap(pid, kind, key, maps)
         except OSError as e:
             raise RuntimeError_(f"linux.{key}: write /proc/{pid}/{kind}_map: {e.strerror.lower()}") from None
+
+
+def _newidmap(pid, kind, key, maps):
+    """Mappings beyond one's own id need the setuid helpers of shadow's uidmap package."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which(f"new{kind}map")
+    if tool is None:
+        raise RuntimeError_(f"linux.{key}: mapping more than your own {kind} needs new{kind}map "
+                            f"(package uidmap) and an entry in /etc/sub{kind}")
+    args = [tool, str(pid)]
+    for m in maps:
+        args += [str(m["containerID"]), str(m["hostID"]), str(m["size"])]
+    p = subprocess.run(args, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError_(f"linux.{key}: new{kind}map: {p.stderr.strip() or p.returncode}")
 
 
 def write_pid_file(path, pid):
