@@ -14,8 +14,6 @@ import time
 
 from keel.runtime.state import valid_id
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def runtime_argv():
     """keel-runtime as CI runs it: the launcher next to this interpreter, else the module.

@@ -26,7 +26,6 @@ def test_default_cgroup_named_after_id(bundle, runtime):
 def test_cgroups_path_relative(bundle, runtime):
     name = f"keel-test/{bundle.id}"
     runtime.extra_cgroups.append(name)
-    runtime.extra_cgroups.append("keel-test/" + bundle.id)
     bundle.linux["cgroupsPath"] = name
     bundle.start_detached()
     assert _memory_dir(name).endswith("/" + name)
