@@ -16,20 +16,48 @@ def exit_code(status):
     return 255
 
 
-def wait(pid, console_fd=None):
-    """Wait for `pid` (our child, or reparented to us as subreaper); returns its exit code."""
-    pending = []
+class Forwarder:
+    """Signal forwarding, installed before the process starts: signals that arrive before it
+    runs its own code are held and delivered once `release` is called (just after start)."""
 
-    def forward(sig, _frame):
-        if sig == signal.SIGWINCH and console_fd is not None:
-            _copy_winsize(console_fd)
+    def __init__(self, pid, console_fd=None):
+        self.pid = pid
+        self.console_fd = console_fd
+        self.held = []
+        self.released = False
+        self.old = {s: signal.signal(s, self._on_signal) for s in FORWARDED}
+
+    def _on_signal(self, sig, _frame):
+        if sig == signal.SIGWINCH and self.console_fd is not None:
+            _copy_winsize(self.console_fd)
+            return
+        if not self.released:
+            self.held.append(sig)
             return
         try:
-            os.kill(pid, sig)
+            os.kill(self.pid, sig)
         except ProcessLookupError:
-            pending.append(sig)
+            pass
 
-    old = {s: signal.signal(s, forward) for s in FORWARDED}
+    def release(self):
+        self.released = True
+        for sig in self.held:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+        self.held = []
+
+    def restore(self):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+def wait(pid, console_fd=None, forwarder=None):
+    """Wait for `pid` (our child, or reparented to us as subreaper); returns its exit code."""
+    if forwarder is None:
+        forwarder = Forwarder(pid, console_fd)
+    forwarder.release()
     try:
         if console_fd is not None:
             return _proxy(pid, console_fd)
@@ -41,8 +69,7 @@ def wait(pid, console_fd=None):
             if wpid == pid:
                 return exit_code(status)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        forwarder.restore()
         _reap_others()
 
 

@@ -183,6 +183,14 @@ def _create(c, cleanup, config, bundle, rootfs, new_flags, join, console_socket,
     linux = config["linux"]
     cgroup = make_cgroup(c.id, linux)
     cleanup.cgroup = cgroup
+    # Recorded before any process exists: if this create is killed outright, `delete --force`
+    # still finds the cgroup to remove, and the id is reported as stopped, not lost.
+    c.data = {"id": c.id, "status": "creating", "pid": 0, "creator": os.getpid(),
+              "creatorStartTime": proc_start_time(os.getpid())[0], "bootId": boot_id(),
+              "ociVersion": config["ociVersion"], "bundle": bundle, "rootfs": rootfs,
+              "created": rfc3339_now(), "owner": "", "annotations": config.get("annotations") or {},
+              "cgroup": cgroup.to_dict() if cgroup is not None else None}
+    c.save()
     fifo = c.fifo
     os.mkfifo(fifo, 0o622)
     # As runc: writable by the container's root (mkfifo's mode went through the umask, and a

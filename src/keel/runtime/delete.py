@@ -10,6 +10,8 @@ from keel.runtime.errors import RuntimeError_
 
 def delete(c, force=False):
     status = c.status()
+    if status == "creating" and not force:
+        raise RuntimeError_(f"cannot delete container {c.id!r}: it is being created")
     if status in ("running", "paused") and not force:
         raise RuntimeError_(f"cannot delete container {c.id!r} that is not stopped: {status}")
     cgroup = None
@@ -32,7 +34,7 @@ def delete(c, force=False):
         except Exception as e:  # noqa: BLE001
             log.debug(f"delete: cgroup pids: {e}")
         cgroup.destroy()
-    if status != "creating":
+    if c.data.get("status") != "creating":
         hooks.run_warn(c.data.get("hooks"), "poststop", c.oci_state("stopped"))
     shutil.rmtree(c.dir, ignore_errors=True)
 

@@ -59,6 +59,73 @@ def emit(kind, cid, data=None):
     sys.stdout.flush()
 
 
+class _OomWatch:
+    """Wakes the stream as soon as the kernel OOM-kills in the cgroup (polling alone misses a
+    kill when `run` deletes the cgroup right after its init died). v1: an eventfd registered
+    on memory.oom_control through cgroup.event_control (as runc does); v2: POLLPRI on
+    memory.events. Without either, the 0.1 s poll of the counter is all there is."""
+
+    def __init__(self, cgroup):
+        import select
+
+        self.fd = None
+        self.v1 = False
+        self._keep = []
+        self.poll = select.poll()
+        paths = cgroup.paths()
+        d = paths.get("memory")
+        try:
+            if d and os.path.exists(os.path.join(d, "cgroup.event_control")):
+                efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                ofd = os.open(os.path.join(d, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+                self._keep = [efd, ofd]
+                self.control = os.path.join(d, "cgroup.event_control")
+                with open(self.control, "w") as f:
+                    f.write("%d %d" % (efd, ofd))
+                self.fd, self.v1 = efd, True
+                self.poll.register(efd, select.POLLIN)
+            elif paths.get("unified") and os.path.exists(os.path.join(paths["unified"], "memory.events")):
+                fd = os.open(os.path.join(paths["unified"], "memory.events"), os.O_RDONLY | os.O_CLOEXEC)
+                self._keep = [fd]
+                os.read(fd, 4096)  # POLLPRI reports changes after the last read
+                self.fd = fd
+                self.poll.register(fd, select.POLLPRI | select.POLLERR)
+        except OSError:
+            self.close()
+            self.fd = None
+
+    def wait(self, timeout):
+        """Sleep up to `timeout` seconds; True if the kernel signalled an OOM in the cgroup."""
+        if self.fd is None:
+            time.sleep(timeout)
+            return False
+        if not self.poll.poll(timeout * 1000):
+            return False
+        if self.v1:
+            try:
+                os.read(self.fd, 8)
+            except BlockingIOError:
+                return False
+            # the eventfd also fires when the cgroup is removed: that is no OOM
+            return os.path.exists(self.control)
+        try:
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            os.read(self.fd, 4096)
+        except OSError:
+            time.sleep(timeout)  # the cgroup is gone: stop polling a dead file
+            self.close()
+            self.fd = None
+        return False  # v2: the counter, read next, says whether it was a kill
+
+    def close(self):
+        for fd in self._keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._keep = []
+
+
 def events(c, stats_once=False, interval=5.0):
     if c.status() == "stopped":
         raise RuntimeError_(f"container {c.id!r} is not running")
@@ -67,18 +134,26 @@ def events(c, stats_once=False, interval=5.0):
         emit("stats", c.id, cgroup.stats())
         return 0
     ooms = oom_kills(cgroup)
+    watch = _OomWatch(cgroup)
     next_stats = time.monotonic()
-    while c.alive():
-        now = time.monotonic()
-        if now >= next_stats:
-            emit("stats", c.id, cgroup.stats())
-            next_stats = now + interval
-        n = oom_kills(cgroup)
-        if n > ooms:
+    try:
+        while c.alive():
+            now = time.monotonic()
+            if now >= next_stats:
+                emit("stats", c.id, cgroup.stats())
+                next_stats = now + interval
+            n = oom_kills(cgroup)
+            if n > ooms:
+                if not watch.v1:  # v1: the eventfd already reported it
+                    emit("oom", c.id)
+                ooms = n
+            if watch.wait(min(0.1, max(0.0, next_stats - time.monotonic()))):
+                emit("oom", c.id)
+        if watch.v1:
+            if watch.wait(0):
+                emit("oom", c.id)
+        elif oom_kills(cgroup) > ooms:
             emit("oom", c.id)
-            ooms = n
-        time.sleep(min(0.1, max(0.0, next_stats - time.monotonic())))
-    n = oom_kills(cgroup)
-    if n > ooms:
-        emit("oom", c.id)
+    finally:
+        watch.close()
     return 0

@@ -90,6 +90,8 @@ def exec_(c, proc, console_socket=None, detach=False, pid_file=None, preserve_fd
 
         seccomp_filter = seccomp.Filter(seccomp_profile)
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+    # Signals for the process that arrive before it has exec'd are held, then forwarded.
+    forwarder = None if detach else attach.Forwarder(None)
     parent_sock, child_sock = channel.pair()
     pid = os.fork()
     if pid == 0:
@@ -103,6 +105,8 @@ def exec_(c, proc, console_socket=None, detach=False, pid_file=None, preserve_fd
             kind, msg, fds = channel.recv(parent_sock)
             if kind == channel.INIT_PID:
                 target = msg["pid"]
+                if forwarder is not None:
+                    forwarder.pid = target
                 os.waitpid(pid, 0)
                 pid = None
             elif kind == channel.CONSOLE:
@@ -118,6 +122,8 @@ def exec_(c, proc, console_socket=None, detach=False, pid_file=None, preserve_fd
             elif kind is None:
                 break
     except BaseException:
+        if forwarder is not None:
+            forwarder.restore()
         for p in (pid, target):
             if p:
                 try:
@@ -131,6 +137,8 @@ def exec_(c, proc, console_socket=None, detach=False, pid_file=None, preserve_fd
     finally:
         parent_sock.close()
     if target is None:
+        if forwarder is not None:
+            forwarder.restore()
         raise RuntimeError_("exec: the process exited before it started")
     if pid_file:
         from keel.runtime.create import write_pid_file
@@ -138,8 +146,9 @@ def exec_(c, proc, console_socket=None, detach=False, pid_file=None, preserve_fd
         write_pid_file(pid_file, target)
     if detach:
         return 0
+    forwarder.console_fd = console_fd
     try:
-        return attach.wait(target, console_fd)
+        return attach.wait(target, console_fd, forwarder)
     finally:
         if console_fd is not None:
             os.close(console_fd)

@@ -13,9 +13,12 @@ def run(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False, p
                             no_pivot=no_pivot, preserve_fds=preserve_fds, keep_console=keep_console,
                             no_new_keyring=no_new_keyring)
     c = created.container
+    forwarder = None if detach else attach.Forwarder(c.pid, created.console_fd)
     try:
         start.start(c)
     except BaseException:
+        if forwarder is not None:
+            forwarder.restore()
         if created.console_fd is not None:
             os.close(created.console_fd)
         delete.delete(c, force=True)
@@ -26,7 +29,7 @@ def run(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False, p
             raise RuntimeError_("run --detach with a terminal needs --console-socket")
         return 0
     try:
-        code = attach.wait(c.pid, created.console_fd)
+        code = attach.wait(c.pid, created.console_fd, forwarder)
     finally:
         if created.console_fd is not None:
             os.close(created.console_fd)

@@ -87,7 +87,12 @@ class Container:
 
     def status(self):
         if self.data.get("status") == "creating":
-            return "creating"
+            # A create that died half-way leaves a stopped container behind, not a live one.
+            start, st = proc_start_time(self.data.get("creator", 0))
+            if (start is not None and start == self.data.get("creatorStartTime")
+                    and st not in ("Z", "X") and self.data.get("bootId") == boot_id()):
+                return "creating"
+            return "stopped"
         if not self.alive():
             return "stopped"
         if os.path.exists(self.fifo):
