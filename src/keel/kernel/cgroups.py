@@ -819,6 +819,13 @@ class Cgroup:
             try:
                 _write(lim_f, str(limit), "memory.limit")
             except CgroupError as e:
+                if e.errno == errno.EINVAL and swap is None and limit != -1:
+                    cur = _int_or((_read_opt(memsw) or "").strip(), None)
+                    if cur is not None and cur < limit:
+                        raise CgroupError(
+                            'write %s: "%d": invalid argument: the memory+swap limit %d (%s) '
+                            "is below it; set memory.swap too (linux.resources.memory.limit)"
+                            % (lim_f, limit, cur, memsw), e.errno) from None
                 if e.errno != errno.EBUSY:
                     raise
                 usage = (_read_opt(_join(d, "memory.usage_in_bytes")) or "?").strip()

@@ -51,6 +51,15 @@ def oom_kills(cgroup):
     return 0
 
 
+def _under_oom(cgroup):
+    d = cgroup.paths().get("memory")
+    try:
+        with open(os.path.join(d, "memory.oom_control")) as f:
+            return any(line.split() == ["under_oom", "1"] for line in f)
+    except (OSError, TypeError):
+        return False
+
+
 def emit(kind, cid, data=None):
     ev = {"type": kind, "id": cid}
     if data is not None:
@@ -103,11 +112,14 @@ class _OomWatch:
             return False
         if self.v1:
             try:
-                os.read(self.fd, 8)
+                count = int.from_bytes(os.read(self.fd, 8), sys.byteorder)
             except BlockingIOError:
                 return False
-            # the eventfd also fires when the cgroup is removed: that is no OOM
-            return os.path.exists(self.control)
+            if os.path.exists(self.control):
+                return True
+            # The eventfd also fires (once) when the cgroup is removed: a count above 1 means an
+            # OOM was signalled before `run`/`delete` removed it (a loaded host may run us late)
+            return count >= 2
         try:
             os.lseek(self.fd, 0, os.SEEK_SET)
             os.read(self.fd, 4096)
@@ -137,23 +149,34 @@ def events(c, stats_once=False, interval=5.0):
     watch = _OomWatch(cgroup)
     next_stats = time.monotonic()
     try:
-        while c.alive():
-            now = time.monotonic()
-            if now >= next_stats:
+        while True:
+            alive = c.alive()
+            if alive and time.monotonic() >= next_stats:
                 emit("stats", c.id, cgroup.stats())
-                next_stats = now + interval
+                next_stats = time.monotonic() + interval
+            # read right after every wake-up: `run` removes the cgroup soon after its init died
             n = oom_kills(cgroup)
             if n > ooms:
-                if not watch.v1:  # v1: the eventfd already reported it
-                    emit("oom", c.id)
+                emit("oom", c.id)
                 ooms = n
-            if watch.wait(min(0.1, max(0.0, next_stats - time.monotonic()))):
-                emit("oom", c.id)
-        if watch.v1:
-            if watch.wait(0):
-                emit("oom", c.id)
-        elif oom_kills(cgroup) > ooms:
-            emit("oom", c.id)
+            timeout = min(0.1, max(0.0, next_stats - time.monotonic())) if alive else 0
+            if watch.wait(timeout):
+                # v1 notifies as the OOM starts, before the kill (and again for every task that
+                # hits the limit meanwhile): one event per kill, counted by the kernel
+                deadline = time.monotonic() + 0.25
+                while True:
+                    n = oom_kills(cgroup)
+                    gone = not os.path.exists(watch.control)
+                    if n > ooms or gone or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.002)
+                # gone: the container went with the cgroup before the kill could be counted;
+                # under_oom: the OOM killer is disabled and the tasks wait in OOM
+                if n > ooms or gone or _under_oom(cgroup):
+                    emit("oom", c.id)
+                    ooms = max(ooms, n)
+            if not alive:
+                break
     finally:
         watch.close()
     return 0

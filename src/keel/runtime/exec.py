@@ -181,10 +181,17 @@ def _child(sock, c, proc, join, cgroup, seccomp_filter, preserve_fds):
         if any(kind == "user" for kind, _ in join):
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
+        # As in create: the process speaks on the channel only after its pid was sent.
+        gate_r, gate_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(gate_w)
+            os.read(gate_r, 1)
+            os.close(gate_r)
             _grandchild(sock, proc, seccomp_filter, preserve_fds, init)
+        os.close(gate_r)
         channel.send(sock, channel.INIT_PID, pid=pid)
+        os.close(gate_w)
         os._exit(0)
     except BaseException as e:  # noqa: BLE001
         init._fail(sock, e)

@@ -54,10 +54,18 @@ def stage1(sock, ctx):
             libc.unshare(new)
         if ctx.get("time_offsets"):
             write_time_offsets(ctx["time_offsets"])
+        # The init speaks on the channel only after its pid has been sent: the parent must
+        # know the pid before any other message (hooks get it; READY is final).
+        gate_r, gate_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(gate_w)
+            os.read(gate_r, 1)
+            os.close(gate_r)
             init(sock, ctx)
+        os.close(gate_r)
         channel.send(sock, channel.INIT_PID, pid=pid)
+        os.close(gate_w)
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent
         _fail(sock, e)
