@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import re
 import signal
 import subprocess
@@ -185,8 +186,15 @@ runroot = {_toml_str(d("runroot"))}
             self("rm", "-af", "-t", "0", timeout=60)
         except AssertionError:
             pass
-        stray = sorted(set(h.pids_in_cgroup(self.cgroup_parent + "/")
-                           + h.pids_with_cmdline(self.workdir)))
+        # conmon runs podman's exit command (container cleanup) after the container died: give
+        # the peer's own processes time to finish before calling anything a leftover.
+        deadline = time.monotonic() + 15
+        while True:
+            stray = sorted(set(h.pids_in_cgroup(self.cgroup_parent + "/")
+                               + h.pids_with_cmdline(self.workdir)))
+            if not stray or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         described = {p: h.describe_pid(p) for p in stray}
         h.kill_and_reap(stray)
         return described
