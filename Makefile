@@ -8,7 +8,8 @@ HOST_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || comm
 export DEBIAN_FRONTEND := noninteractive
 
 APT_BASE := python3-venv busybox-static libseccomp2 procps iproute2
-APT_TEST := $(APT_BASE) runc crun podman containerd conmon catatonit tini uidmap
+APT_TEST := $(APT_BASE) runc crun podman containerd conmon catatonit tini uidmap \
+	docker-registry skopeo umoci
 
 PYTEST_ARGS ?=
 ifneq ($(SKIP_VM),)

@@ -8,7 +8,7 @@ import pytest
 from keel.errors import KeelError
 from keel.oci import ConfigError
 from keel.oci import config as oc
-from keel.runtime.spec import default_spec
+from keel.oci.spec import default_spec
 
 
 @pytest.fixture

@@ -186,7 +186,7 @@ def cmd_events(opts, args):
 
 
 def cmd_spec(opts, args):
-    from keel.runtime.spec import default_spec
+    from keel.oci.spec import default_spec
 
     bundle = opts.bundle or "."
     path = os.path.join(bundle, "config.json")

@@ -1,4 +1,5 @@
-"""`spec`: the default config.json, the same container `runc spec` describes."""
+"""The default runtime config.json, the same container `runc spec` describes (used by
+`keel-runtime spec` and by keel.image when it makes a bundle)."""
 
 import os
 

@@ -1,0 +1,72 @@
+"""The `keel` command: podman's spelling and output shapes, daemonless.
+
+Global options come first: `--root` (the store, default /var/lib/keel, env KEEL_ROOT) and
+`--runroot` (run state, default /run/keel, env KEEL_RUNROOT). Errors are one line on
+stderr and exit 125, as podman's; usage errors exit 2.
+"""
+
+import argparse
+import os
+import sys
+
+DEFAULT_ROOT = "/var/lib/keel"
+DEFAULT_RUNROOT = "/run/keel"
+EXIT_ERROR = 125
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"keel: {message}\n")
+
+
+def build_parser():
+    from keel.cli import images
+
+    p = _Parser(prog="keel", description="keel: containers and images, daemonless, podman-style")
+    p.add_argument("--root", default=os.environ.get("KEEL_ROOT", DEFAULT_ROOT),
+                   help="storage root: blobs, snapshots, metadata (env KEEL_ROOT; default %(default)s)")
+    p.add_argument("--runroot", default=os.environ.get("KEEL_RUNROOT", DEFAULT_RUNROOT),
+                   help="run state (env KEEL_RUNROOT; default %(default)s)")
+    p.add_argument("--registries-conf", default=os.environ.get("KEEL_REGISTRIES_CONF"),
+                   help="registries.conf to use instead of /etc/keel, then /etc/containers")
+    p.add_argument("--version", action="store_true", help="print the version")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    images.register(sub)
+    image = sub.add_parser("image", help="manage images (ls, rm, pull, push, prune, mount, ...)")
+    isub = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser)
+    images.register(isub, group=True)
+    return p
+
+
+def main(argv=None):
+    from keel.errors import KeelError
+
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.version:
+        from keel import __version__
+
+        print(f"keel version {__version__}")
+        return 0
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return func(args) or 0
+    except KeelError as e:
+        sys.stderr.write(f"Error: {e}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("Error: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        sys.stderr.write(f"Error:{where}: {(e.strerror or str(e)).lower()}\n")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
