@@ -196,7 +196,7 @@ def cmd_pull(args):
     from keel.image.registry import pull_image
 
     store = _store(args)
-    progress = make_progress(quiet=args.quiet)
+    progress = make_progress(quiet=args.quiet, stream=sys.stderr)
     try:
         img = pull_image(store, args.name, platform=args.platform, progress=progress,
                          tls_verify=args.tls_verify, authfile=args.authfile,
@@ -213,7 +213,7 @@ def cmd_push(args):
     store = _store(args)
     img = store.get(args.source)
     dest = args.destination or args.source
-    progress = make_progress(quiet=args.quiet)
+    progress = make_progress(quiet=args.quiet, stream=sys.stderr)
     try:
         digest = push_image(store, img, dest, progress=progress, tls_verify=args.tls_verify,
                             authfile=args.authfile, credentials=_credentials(args), conf=_conf(args),
