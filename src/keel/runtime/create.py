@@ -328,7 +328,9 @@ def make_cgroup(cid, linux):
                      if d["type"] != "p"]  # fifos are not devices to the device cgroup
             resources["devices"] = list(resources["devices"]) + DEFAULT_DEVICE_RULES + extra
         try:
-            cg.apply(resources)
+            for warning in cg.apply(resources) or ():
+                # e.g. the devices allowlist on cgroup v2 (an eBPF program keel does not load)
+                log.warn(warning)
         except CgroupError as e:
             err = str(e)
             try:

@@ -91,6 +91,9 @@ def update(c, resources):
     from keel.kernel.errors import CgroupError
 
     try:
-        Cgroup.from_dict(c.data["cgroup"]).apply(resources)
+        for warning in Cgroup.from_dict(c.data["cgroup"]).apply(resources) or ():
+            from keel.runtime import log
+
+            log.warn(warning)
     except CgroupError as e:
         raise RuntimeError_(str(e)) from None
