@@ -24,6 +24,7 @@ SYS_CLOSE_RANGE = 436
 SYS_OPENAT2 = 437
 SYS_PERSONALITY = 135
 SYS_KEYCTL = 250
+SYS_RT_SIGACTION = 13
 KEYCTL_JOIN_SESSION_KEYRING = 1
 KEYCTL_SETPERM = 5
 
@@ -134,6 +135,19 @@ def join_session_keyring(name):
     if _syscall(SYS_KEYCTL, KEYCTL_SETPERM, ctypes.c_long(serial), ctypes.c_ulong(0x3F1F0000)) < 0:
         _fail(f"keyctl setperm {name}")
     return serial
+
+
+class _KSigaction(ctypes.Structure):
+    _fields_ = [("handler", ctypes.c_ulong), ("flags", ctypes.c_ulong), ("restorer", ctypes.c_ulong),
+                ("mask", ctypes.c_ulong)]
+
+
+def signal_default(sig):
+    """rt_sigaction(sig, SIG_DFL) straight to the kernel: glibc refuses 32 and 33 (its own),
+    yet an ignored 32 inherited from a caller would otherwise reach the container."""
+    act = _KSigaction(0, 0, 0, 0)
+    if _syscall(SYS_RT_SIGACTION, sig, ctypes.byref(act), None, 8) != 0:
+        _fail(f"rt_sigaction {sig}")
 
 
 def personality(persona):

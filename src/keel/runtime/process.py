@@ -149,7 +149,11 @@ def reset_signals():
             if _signal.getsignal(sig) is not _signal.SIG_DFL:
                 _signal.signal(sig, _signal.SIG_DFL)
         except (OSError, ValueError, RuntimeError):
-            pass
+            # Python will not touch glibc's own signals (32, 33): ask the kernel directly.
+            try:
+                libc.signal_default(sig)
+            except KernelError:
+                pass
     _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
 
 
