@@ -283,3 +283,31 @@ def _fds(ls_out):
             continue
         fds.append(int(parts[i - 1]))
     return fds
+
+
+def test_signals_ignored_by_the_caller_are_reset(bundle, runtime, tmp_path):
+    """A caller that ignores signals (here SIGRTMIN-2, which glibc will not let Python reset)
+    must not hand that disposition to the container's process."""
+    import ctypes
+    import subprocess
+
+    class KSigaction(ctypes.Structure):
+        _fields_ = [("handler", ctypes.c_ulong), ("flags", ctypes.c_ulong),
+                    ("restorer", ctypes.c_ulong), ("mask", ctypes.c_ulong)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def ignore_signals():
+        for sig in (10, 32):  # SIGUSR1 and glibc's own 32
+            act = KSigaction(1, 0, 0, 0)  # SIG_IGN
+            libc.syscall(13, sig, ctypes.byref(act), None, 8)
+
+    bundle.args("grep", "-E", "^SigIgn", "/proc/self/status").save()
+    out = tmp_path / "out"
+    with open(out, "w") as f:
+        rc = subprocess.call(runtime.cmd("run", "--bundle", bundle.path, bundle.id), stdout=f,
+                             stderr=subprocess.STDOUT, preexec_fn=ignore_signals, timeout=30)
+    runtime._note(["run", bundle.id])
+    text = out.read_text()
+    assert rc == 0, text
+    assert int(text.split()[1], 16) == 0, text
