@@ -37,6 +37,8 @@ $(VENV)/.installed: pyproject.toml | apt-base
 	$(HOST_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	$(PY) -m keel.testing.launchers $(VENV)/bin
+	# Byte-compile now: with PYTHONDONTWRITEBYTECODE set, every run would recompile keel.
+	$(PY) -m compileall -q src
 	touch $@
 
 venv: $(VENV)/.installed
