@@ -1,0 +1,455 @@
+"""Containers on any OCI runtime binary, daemonless: the podman role.
+
+Where things live:
+
+    <root>/engine.db                     container metadata (db.py)
+    <root>/snapshots/active/<id>/        the container's writable overlay (keel.image.snapshot)
+    <root>/containers/<id>/ctr.log       its log, CRI format, written by conmon
+    <runroot>/containers/<id>/           the bundle: config.json, conmon's pid files, attach
+                                         socket, ctl/winsz fifos, the runtime's log (oci-log)
+    <runroot>/exits/<id>                 conmon's exit file (the exit code)
+    <runroot>/locks/<id>                 flock serialising changes to one container
+    <runroot>/runtime/                   the OCI runtime's --root (every runtime shares it)
+
+Life of a container (podman's states): `create` claims the name in the database, prepares the
+snapshot and writes the bundle (state "created"); `start` launches conmon, which runs
+`RUNTIME create`, then runs `RUNTIME start` ("running"); when the process exits conmon writes
+the exit file and runs `keel container cleanup ID`, which records the exit ("exited") and
+deletes the runtime's state (and so its cgroup); `--rm` containers are removed there too. A
+container's state is always re-read from the exit file and conmon's liveness (pid, start time
+and boot id) before it is shown or acted on, so another `keel` process, a restarted one, or one
+after a reboot sees the truth: a container whose conmon is gone without an exit file is
+"exited" with exit code -1 and an Error saying so, or "unknown" if the runtime still runs it.
+
+Networking in this slice: "none" (a new, empty network namespace) and "host" (none).
+"""
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import shutil
+import signal as _signal
+import sys
+import time
+
+from keel.engine import db as _db
+from keel.engine import monitor, names, ociruntime
+from keel.engine.errors import (ContainerNotFound, EngineError, InvalidState, MonitorFailed,
+                                NameInUse, NotSupported, RuntimeFailed)
+
+NETWORKS = ("none", "host")
+DEFAULT_STOP_TIMEOUT = 10
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+RUNNING_STATES = ("initialized", "running", "unknown")
+
+
+def parse_signal(value) -> int:
+    """A signal number from 9, "9", "KILL", "SIGKILL", "sigkill", "RTMIN+3"."""
+    s = str(value).strip().upper()
+    if s.isdigit():
+        n = int(s)
+    else:
+        s = s[3:] if s.startswith("SIG") else s
+        m = re.fullmatch(r"RTM(IN|AX)([+-]\d+)?", s)
+        if m:
+            base = _signal.SIGRTMIN if m.group(1) == "IN" else _signal.SIGRTMAX
+            n = int(base) + int(m.group(2) or 0)
+        else:
+            try:
+                n = int(_signal.Signals["SIG" + s])
+            except KeyError:
+                raise EngineError(f"invalid signal {value!r}") from None
+    if not 1 <= n <= int(_signal.SIGRTMAX):
+        raise EngineError(f"invalid signal {value!r}: out of range 1-{int(_signal.SIGRTMAX)}")
+    return n
+
+
+def format_time(t: float) -> str:
+    """RFC 3339 in local time with microseconds, as podman prints times; zero for 0."""
+    if not t:
+        return "0001-01-01T00:00:00Z"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t).astimezone().isoformat()
+
+
+class Engine:
+    def __init__(self, root: str, runroot: str):
+        self.root = os.path.abspath(root)
+        self.runroot = os.path.abspath(runroot)
+        self.db = _db.DB(os.path.join(self.root, "engine.db"))
+        self.runtime_root = os.path.join(self.runroot, "runtime")
+        self.exit_dir = os.path.join(self.runroot, "exits")
+        for d in (self.runtime_root, self.exit_dir, os.path.join(self.runroot, "containers"),
+                  os.path.join(self.runroot, "locks"), os.path.join(self.root, "containers")):
+            os.makedirs(d, 0o700, exist_ok=True)
+        self._store = None
+        self._snap = None
+
+    def close(self):
+        self.db.close()
+        if self._store is not None:
+            self._store.close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @property
+    def store(self):
+        if self._store is None:
+            from keel.image.store import Store
+
+            self._store = Store(self.root)
+        return self._store
+
+    @property
+    def snapshotter(self):
+        if self._snap is None:
+            from keel.image.snapshot import Snapshotter
+
+            self._snap = Snapshotter(os.path.join(self.root, "snapshots"))
+        return self._snap
+
+    def bundle_dir(self, cid: str) -> str:
+        return os.path.join(self.runroot, "containers", cid)
+
+    def userdata_dir(self, cid: str) -> str:
+        return os.path.join(self.root, "containers", cid)
+
+    def runtime(self, c: dict) -> ociruntime.OCIRuntime:
+        return ociruntime.OCIRuntime(c["runtime"], self.runtime_root)
+
+    @contextlib.contextmanager
+    def _lock(self, cid: str):
+        path = os.path.join(self.runroot, "locks", cid)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield path
+        finally:
+            os.close(fd)
+
+    def exit_command(self, cid: str, remove: bool) -> list[str]:
+        return [sys.executable, "-P", "-m", "keel.cli.main", "--root", self.root,
+                "--runroot", self.runroot, "container", "cleanup", *(["--rm"] if remove else []), cid]
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def get(self, ref: str) -> dict:
+        """The container named or id'd `ref`, its state refreshed."""
+        return self._sync(self.db.find(ref))
+
+    def containers(self, all: bool = True) -> list[dict]:
+        out = [self._sync(c) for c in self.db.all()]
+        return out if all else [c for c in out if c["state"] in RUNNING_STATES]
+
+    def _sync(self, c: dict) -> dict:
+        """Bring the recorded state up to date with conmon's exit file and liveness."""
+        if c["state"] not in RUNNING_STATES:
+            return c
+        ex = monitor.read_exit_file(self.exit_dir, c["id"])
+        fields = None
+        if ex is not None:
+            fields = {"state": "exited", "exit_code": ex[0], "finished": ex[1], "pid": 0}
+        elif not monitor.alive(c["conmon_pid"], c["conmon_start"], c["boot_id"]):
+            st = self.runtime(c).state(c["id"]) if c["boot_id"] == monitor.boot_id() else None
+            if st and st.get("status") in ("created", "running", "paused"):
+                if c["state"] != "unknown":
+                    fields = {"state": "unknown",
+                              "error": f"conmon (pid {c['conmon_pid']}) is gone: the container runs unmonitored"}
+            else:
+                fields = {"state": "exited", "exit_code": -1, "finished": time.time(), "pid": 0,
+                          "error": f"conmon (pid {c['conmon_pid']}) died before recording the exit code"}
+        if fields:
+            with contextlib.suppress(ContainerNotFound):
+                self.db.update(c["id"], **fields)
+            c = dict(c, **fields)
+        return c
+
+    # -- create ------------------------------------------------------------------------------------
+
+    def create(self, image: str, command: list[str] | None = None, *, name: str | None = None,
+               entrypoint: list[str] | None = None, env: list[str] | None = None,
+               workdir: str | None = None, user: str | None = None, hostname: str | None = None,
+               runtime: str | None = None, labels: dict | None = None, network: str = "none",
+               remove: bool = False, stop_signal: str | None = None,
+               stop_timeout: int | None = None) -> dict:
+        """Make a container (state "created"): name claimed, snapshot mounted, bundle written."""
+        from keel.image import bundle as _bundle
+
+        if network not in NETWORKS:
+            raise NotSupported(f"--network {network}: not supported yet (only none and host)")
+        if name is not None and not _NAME.match(name):
+            raise EngineError(f"invalid container name {name!r}: [a-zA-Z0-9][a-zA-Z0-9_.-]* is allowed")
+        if stop_timeout is not None and stop_timeout < 0:
+            raise EngineError(f"--stop-timeout {stop_timeout}: must not be negative")
+        runtime_path = ociruntime.find(runtime)
+        from keel.image.errors import ImageError
+
+        try:
+            img = self.store.get(image)
+        except ImageError as e:
+            raise EngineError(str(e)) from None
+        img_cfg = img.config.get("config") or {}
+        sig_spec = stop_signal or img_cfg.get("StopSignal") or "SIGTERM"
+        stop_sig = parse_signal(sig_spec)
+        cid = os.urandom(32).hex()
+        all_labels = dict(img_cfg.get("Labels") or {})
+        all_labels.update(labels or {})
+        options = {"command": list(command or []), "entrypoint": entrypoint, "env": list(env or []),
+                   "workdir": workdir, "user": user, "hostname": hostname, "network": network,
+                   "remove": bool(remove), "stop_signal": stop_sig,
+                   "stop_timeout": DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout}
+        rec = {"id": cid, "name": name, "image_id": img.id.partition(":")[2], "image_name": image,
+               "config": {}, "options": options, "labels": all_labels, "runtime": runtime_path,
+               "state": "configured", "created": time.time(),
+               "log_path": os.path.join(self.userdata_dir(cid), "ctr.log")}
+        if name is not None:
+            self.db.insert(rec)
+        else:
+            for _ in range(20):
+                rec["name"] = names.generate()
+                try:
+                    self.db.insert(rec)
+                    break
+                except NameInUse:
+                    continue
+            else:
+                rec["name"] = f"keel_{cid[:12]}"
+                self.db.insert(rec)
+        # the name is ours: build the rest, undoing everything on failure
+        try:
+            os.makedirs(self.userdata_dir(cid), 0o700)
+            rootfs = self.snapshotter.prepare(cid, img, self.store)
+            if hostname is None:
+                hostname = os.uname().nodename if network == "host" else cid[:12]
+            spec = _bundle.bundle_spec(img, rootfs, command or None, entrypoint=entrypoint, env=env,
+                                       workdir=workdir, user=user, hostname=hostname)
+            _bundle.mkdir_in_root(rootfs, spec["process"]["cwd"])
+            linux = spec.setdefault("linux", {})
+            linux["cgroupsPath"] = f"/keel/{cid}"
+            if network == "host":
+                linux["namespaces"] = [ns for ns in linux.get("namespaces", []) if ns["type"] != "network"]
+            elif not any(ns["type"] == "network" for ns in linux.get("namespaces", [])):
+                linux.setdefault("namespaces", []).append({"type": "network"})
+            _write_config(self.bundle_dir(cid), spec)
+            self.db.update(cid, config=spec, state="created")
+        except ImageError as e:
+            self._discard(cid)
+            raise EngineError(str(e)) from None
+        except BaseException:
+            self._discard(cid)
+            raise
+        return self.db.get(cid)
+
+    def _discard(self, cid: str) -> None:
+        """Remove everything of a container that is not running (best effort, idempotent)."""
+        with contextlib.suppress(EngineError, OSError):
+            if cid in self.snapshotter.snapshots():
+                self.snapshotter.remove(cid)
+        shutil.rmtree(self.bundle_dir(cid), ignore_errors=True)
+        shutil.rmtree(self.userdata_dir(cid), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.exit_dir, cid))
+        c = self.db.get(cid)
+        self.db.delete(cid, c["exit_code"] if c else None)
+
+    # -- start -------------------------------------------------------------------------------------
+
+    def start(self, ref: str) -> dict:
+        """Run a created (or exited) container: conmon + `RUNTIME create`, then `RUNTIME start`."""
+        c = self.db.find(ref)
+        with self._lock(c["id"]):
+            c = self._sync(self.db.find(c["id"]))
+            if c["state"] == "running":
+                return c
+            if c["state"] in ("initialized", "unknown"):
+                raise InvalidState(f"container {c['name']} is {c['state']}: remove it with rm -f")
+            if c["state"] not in ("created", "exited"):
+                raise InvalidState(f"container {c['name']} is {c['state']}: it cannot be started")
+            cid = c["id"]
+            rt = self.runtime(c)
+            if c["state"] == "exited":
+                rt.delete(cid, force=True)   # a restart: drop what cleanup may not have
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.exit_dir, cid))
+            bundle = self.bundle_dir(cid)
+            for f in ("pidfile", "conmon.pid", "oci-log"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(bundle, f))
+            try:
+                pid, conmon_pid = monitor.launch(
+                    cid=cid, name=c["name"], runtime_path=c["runtime"], runtime_root=self.runtime_root,
+                    bundle=bundle, log_path=c["log_path"], exit_dir=self.exit_dir,
+                    exit_command=self.exit_command(cid, c["options"].get("remove", False)),
+                    runtime_log=os.path.join(bundle, "oci-log"))
+            except MonitorFailed as e:
+                with contextlib.suppress(EngineError):
+                    rt.delete(cid, force=True)
+                self.db.update(cid, state="exited" if c["state"] == "exited" else "created", error=str(e))
+                msg = str(e)
+                raise MonitorFailed(msg if msg.startswith(rt.name) else f"{rt.name}: {msg}") from None
+            self.db.update(cid, state="initialized", pid=pid, conmon_pid=conmon_pid,
+                           conmon_start=monitor.start_time(conmon_pid), boot_id=monitor.boot_id(),
+                           exit_code=None, error="", finished=0)
+            started = time.time()
+            try:
+                rt.start(cid)
+            except RuntimeFailed as e:
+                with contextlib.suppress(EngineError):
+                    rt.kill(cid, 9)
+                self.db.update(cid, error=str(e))
+                raise
+            self.db.update(cid, state="running", started=started)
+            return self.db.get(cid)
+
+    # -- wait, stop, kill --------------------------------------------------------------------------
+
+    def _wait_exit(self, cid: str, timeout: float | None) -> dict | None:
+        """Poll until the container exited (None on timeout); a removed container returns
+        a record with its remembered exit code."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            c = self.db.get(cid)
+            if c is None:
+                code = self.db.exit_code(cid)
+                if code is None:
+                    raise ContainerNotFound(f"container {cid} was removed and its exit code is unknown")
+                return {"id": cid, "state": "removed", "exit_code": code}
+            c = self._sync(c)
+            if c["state"] in ("exited", "created"):
+                return c
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+
+    def _wait_monitor(self, c: dict, timeout: float = 30.0) -> None:
+        """Wait until conmon (and so its exit command, the cleanup) has finished."""
+        deadline = time.monotonic() + timeout
+        while monitor.alive(c.get("conmon_pid", 0), c.get("conmon_start", ""), c.get("boot_id", "")):
+            if time.monotonic() >= deadline:
+                raise MonitorFailed(f"conmon (pid {c['conmon_pid']}) of {c['id'][:12]} did not exit in {timeout:.0f}s")
+            time.sleep(0.02)
+
+    def wait(self, ref: str) -> int:
+        """Block until the container exits; its exit code (a created container waits to be
+        started and to exit, as podman's wait does)."""
+        c = self.db.find(ref)
+        while True:
+            done = self._wait_exit(c["id"], None)
+            if done["state"] != "created":
+                break
+            time.sleep(0.1)
+        if done["state"] == "exited":
+            self._wait_monitor(c | done)
+        return done["exit_code"]
+
+    def kill(self, ref: str, signal="KILL") -> dict:
+        sig = parse_signal(signal)
+        c = self.get(ref)
+        if c["state"] not in RUNNING_STATES:
+            raise InvalidState(f"can only kill running containers: {c['name']} is in state {c['state']}")
+        try:
+            self.runtime(c).kill(c["id"], sig)
+        except RuntimeFailed:
+            if self.get(c["id"])["state"] in RUNNING_STATES:
+                raise
+        return c
+
+    def stop(self, ref: str, timeout: int | None = None) -> dict:
+        """The stop signal, then SIGKILL after `timeout` seconds (the container's stop timeout
+        by default); returns once the exit is recorded."""
+        c = self.get(ref)
+        if c["state"] not in RUNNING_STATES:
+            return c
+        t = c["options"].get("stop_timeout", DEFAULT_STOP_TIMEOUT) if timeout is None else timeout
+        rt = self.runtime(c)
+        done = None
+        if t > 0:
+            with contextlib.suppress(RuntimeFailed):
+                rt.kill(c["id"], c["options"].get("stop_signal") or 15)
+            done = self._wait_exit(c["id"], t)
+        if done is None:
+            with contextlib.suppress(RuntimeFailed):
+                rt.kill(c["id"], 9)
+            done = self._wait_exit(c["id"], 30)
+            if done is None:
+                raise EngineError(f"container {c['name']}: still running 30s after SIGKILL")
+        if done["state"] == "exited":
+            self._wait_monitor(c)
+        return done
+
+    # -- cleanup and remove ------------------------------------------------------------------------
+
+    def cleanup(self, ref: str, remove: bool = False) -> None:
+        """conmon's exit command: record the exit, delete the runtime's state (its cgroup);
+        with remove, remove the container."""
+        try:
+            c = self.db.find(ref)
+        except ContainerNotFound:
+            return
+        with self._lock(c["id"]):
+            c = self.db.get(c["id"])
+            if c is None:
+                return
+            c = self._sync(c)
+            if c["state"] != "exited":
+                return
+            self.runtime(c).delete(c["id"], force=True)
+            if remove:
+                self._remove_locked(c)
+
+    def remove(self, ref: str, force: bool = False, timeout: float = 10.0) -> str:
+        """Remove a container and all it owns; a running one only with force (SIGKILL)."""
+        c = self.get(ref)
+        if c["state"] in RUNNING_STATES:
+            if not force:
+                raise InvalidState(f"cannot remove container {c['name']}: it is {c['state']}; "
+                                   "stop it first or use rm -f")
+            rt = self.runtime(c)
+            with contextlib.suppress(RuntimeFailed):
+                rt.kill(c["id"], 9)
+            if c["state"] == "unknown" or self._wait_exit(c["id"], timeout) is None:
+                with contextlib.suppress(RuntimeFailed):
+                    rt.delete(c["id"], force=True)
+            with contextlib.suppress(MonitorFailed):
+                self._wait_monitor(c, timeout)
+            if monitor.alive(c["conmon_pid"], c["conmon_start"], c["boot_id"]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(c["conmon_pid"], _signal.SIGKILL)
+        with self._lock(c["id"]):
+            cur = self.db.get(c["id"])
+            if cur is not None:
+                cur = self._sync(cur)
+                if cur["state"] in ("initialized", "running") and not force:
+                    raise InvalidState(f"cannot remove container {cur['name']}: it is {cur['state']}")
+                self._remove_locked(cur)
+        return c["id"]
+
+    def _remove_locked(self, c: dict) -> None:
+        cid = c["id"]
+        if c["state"] in RUNNING_STATES or c["state"] == "exited":
+            self.runtime(c).delete(cid, force=True)
+        self._discard(cid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.runroot, "locks", cid))
+
+
+def _write_config(bundle_dir: str, spec: dict) -> None:
+    import json
+
+    os.makedirs(bundle_dir, 0o700, exist_ok=True)
+    path = os.path.join(bundle_dir, "config.json")
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(spec, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except OSError as e:
+        raise EngineError(f"bundle {bundle_dir}: writing config.json: "
+                          f"{(e.strerror or errno.errorcode.get(e.errno, str(e))).lower()}") from None

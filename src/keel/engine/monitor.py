@@ -1,0 +1,173 @@
+"""The per-container monitor: conmon, the C monitor podman and CRI-O use.
+
+conmon is started the way podman starts it. It forks (the first process exits at once, having
+written --conmon-pidfile), the daemon becomes a subreaper in its own session, runs
+`RUNTIME <runtime-args> create --bundle B --pid-file P ID` with pipes as the container's
+stdout/stderr, and reports on the sync pipe (fd number in $_OCI_SYNCPIPE) one JSON line:
+`{"data": PID}` once the container is created, or `{"data": -1, "message": "..."}` when the
+runtime failed. It then writes the container's output to the log file in the Kubernetes CRI
+format, and when the container exits it drains the pipes, syncs the log, writes the exit code
+(128+N for a signal) to <exit-dir>/<id>, and runs the --exit-command (`keel container cleanup`)
+before it exits itself. `keel` never waits for conmon: the container outlives it.
+"""
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+
+from keel.engine.errors import MonitorFailed
+
+CONMON = "conmon"
+SYNC_TIMEOUT = 120.0
+
+
+def find_conmon() -> str:
+    path = os.environ.get("KEEL_CONMON") or shutil.which(CONMON) or "/usr/bin/conmon"
+    if not os.access(path, os.X_OK):
+        raise MonitorFailed("conmon not found: install the conmon package (or set KEEL_CONMON)")
+    return path
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), '' if no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    return data[data.rindex(b")") + 2:].split()[19].decode()
+
+
+def alive(pid: int, start: str, boot: str) -> bool:
+    """Is the process we started (same pid, start time and boot) still there (not a zombie)?"""
+    if pid <= 0 or not start or boot != boot_id():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    rest = data[data.rindex(b")") + 2:].split()
+    return rest[0] != b"Z" and rest[19].decode() == start
+
+
+def launch(*, cid: str, name: str, runtime_path: str, runtime_root: str, bundle: str,
+           log_path: str, exit_dir: str, exit_command: list[str], runtime_log: str) -> tuple[int, int]:
+    """Start conmon for container `cid` (bundle already written); wait for the runtime's create.
+    Returns (container pid, conmon pid). MonitorFailed carries the runtime's error."""
+    conmon = find_conmon()
+    pidfile = os.path.join(bundle, "pidfile")
+    conmon_pidfile = os.path.join(bundle, "conmon.pid")
+    argv = [conmon, "--api-version", "1", "-c", cid, "-u", cid, "-r", runtime_path, "-b", bundle,
+            "-p", pidfile, "-n", name, "--exit-dir", exit_dir, "--full-attach",
+            "--socket-dir-path", bundle, "-l", f"k8s-file:{log_path}", "--log-level", "warning",
+            "--runtime-arg", "--root", "--runtime-arg", runtime_root,
+            "--runtime-arg", "--log-format=json", "--runtime-arg", "--log",
+            "--runtime-arg", runtime_log, "--conmon-pidfile", conmon_pidfile,
+            "--exit-command", exit_command[0]]
+    for a in exit_command[1:]:
+        argv += ["--exit-command-arg", a]
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    env = dict(os.environ, _OCI_SYNCPIPE=str(w))
+    env.pop("_OCI_STARTPIPE", None)
+    try:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, cwd=bundle, env=env, pass_fds=(w,))
+        except OSError as e:
+            raise MonitorFailed(f"{conmon}: {(e.strerror or str(e)).lower()}") from None
+        os.close(w)
+        w = -1
+        out, _ = proc.communicate(timeout=SYNC_TIMEOUT)
+        if proc.returncode != 0:
+            text = out.decode(errors="replace").strip().splitlines()
+            raise MonitorFailed(f"conmon: {text[-1] if text else f'exit status {proc.returncode}'}")
+        msg = _read_sync(r)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    try:
+        with open(conmon_pidfile) as f:
+            conmon_pid = int(f.read().strip())
+    except (OSError, ValueError):
+        conmon_pid = 0
+    if msg is None:
+        raise MonitorFailed(_runtime_error(runtime_log) or "conmon exited without reporting the container's pid")
+    pid = msg.get("data")
+    if not isinstance(pid, int) or pid <= 0:
+        why = (msg.get("message") or "").strip()
+        why = why.splitlines()[-1] if why else ""
+        from keel.engine.ociruntime import error_text
+
+        raise MonitorFailed(error_text(why) if why else (_runtime_error(runtime_log) or "runtime create failed"))
+    return pid, conmon_pid
+
+
+def _read_sync(fd: int) -> dict | None:
+    """The first JSON line conmon writes on the sync pipe (None on EOF)."""
+    buf = b""
+    deadline = time.monotonic() + SYNC_TIMEOUT
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise MonitorFailed(f"conmon: no answer on the sync pipe in {SYNC_TIMEOUT:.0f}s")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    line = buf.split(b"\n", 1)[0].strip()
+    if not line:
+        return None
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        raise MonitorFailed(f"conmon: unexpected sync message {line[:100]!r}") from None
+    return msg if isinstance(msg, dict) else None
+
+
+def _runtime_error(runtime_log: str) -> str:
+    """The last error the runtime logged (--log, --log-format=json)."""
+    try:
+        with open(runtime_log, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for ln in reversed(lines):
+        try:
+            entry = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal") and entry.get("msg"):
+            return str(entry["msg"])
+    return ""
+
+
+def read_exit_file(exit_dir: str, cid: str) -> tuple[int, float] | None:
+    """(exit code, time written) from conmon's exit file, or None when not written yet."""
+    path = os.path.join(exit_dir, cid)
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return None
+    try:
+        return int(text), mtime
+    except ValueError:
+        return None
