@@ -11,7 +11,7 @@ import os
 
 from keel.kernel import libc
 from keel.oci.config import NAMESPACE_FLAGS, validate_process
-from keel.runtime import attach, channel, process
+from keel.runtime import attach, channel, log, process
 from keel.runtime.errors import RuntimeError_
 
 _NS_FILES = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("pid", "pid"),
@@ -88,7 +88,7 @@ def exec_(c, proc, console_socket=None, detach=False, pid_file=None, preserve_fd
     if seccomp_profile:
         from keel.kernel import seccomp
 
-        seccomp_filter = seccomp.Filter(seccomp_profile)
+        seccomp_filter = seccomp.Filter(seccomp_profile, log=log.debug)
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     # Signals for the process that arrive before it has exec'd are held, then forwarded.
     forwarder = None if detach else attach.Forwarder(None)

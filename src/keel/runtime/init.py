@@ -10,7 +10,7 @@ import os
 
 from keel.kernel import libc
 from keel.oci.config import NAMESPACE_FLAGS
-from keel.runtime import channel, process, rootfs
+from keel.runtime import channel, log, process, rootfs
 from keel.runtime.errors import RuntimeError_
 
 
@@ -119,7 +119,7 @@ def preload(config):
     if config["linux"].get("seccomp"):
         from keel.kernel import seccomp
 
-        seccomp_filter = seccomp.Filter(config["linux"]["seccomp"])
+        seccomp_filter = seccomp.Filter(config["linux"]["seccomp"], log=log.debug)
     return seccomp_filter
 
 
