@@ -48,14 +48,23 @@ class DB:
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+        # Two keel processes opening a new database at once race on the switch to WAL and on
+        # the schema; SQLite answers "database is locked" there without waiting. Serialise it.
+        import fcntl
+
+        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             self.conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise EngineError(f"engine database {path}: {e}") from None
+        finally:
+            os.close(lock)
 
     def close(self):
         self.conn.close()

@@ -492,6 +492,16 @@ class Store:
             raise ImageError(f"{self.db_path}: {e}") from None
 
     def _init_db(self):
+        # Two processes opening a new store at once race on the switch to WAL, where SQLite
+        # answers "database is locked" without waiting: serialise the set-up.
+        lock = os.open(self.db_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._init_db_locked()
+        finally:
+            os.close(lock)
+
+    def _init_db_locked(self):
         c = self._db()
         try:
             if c.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
