@@ -11,7 +11,8 @@ from registry_fixtures import skopeo_push
 
 
 def keel(root, *args, input=None, env=None):
-    argv = [sys.executable, "-m", "keel.cli.main", "--root", str(root), *map(str, args)]
+    argv = [sys.executable, "-m", "keel.cli.main", "--root", str(root), "--runroot", f"{root}.run",
+            *map(str, args)]
     e = dict(os.environ, **(env or {}))
     return subprocess.run(argv, capture_output=True, text=True, input=input, timeout=120, env=e)
 
