@@ -307,16 +307,9 @@ def _argv(c):
 
 
 def _ago(t):
-    d = max(0.0, time.time() - t)
-    for limit, div, unit in ((60, 1, "second"), (3600, 60, "minute"), (86400, 3600, "hour"),
-                             (86400 * 14, 86400, "day"), (86400 * 60, 86400 * 7, "week"),
-                             (86400 * 730, 86400 * 30, "month"), (float("inf"), 86400 * 365, "year")):
-        if d < limit:
-            n = int(d // div)
-            if unit == "second" and n < 1:
-                return "Less than a second"
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return "unknown"
+    from keel.cli.images import human_duration
+
+    return human_duration(time.time() - t)
 
 
 def _status(c):

@@ -158,20 +158,23 @@ def _created_epoch(created):
         return 0
 
 
-def human_ago(created):
-    t = _created_epoch(created)
-    if not t:
-        return "unknown"
-    d = max(0, time.time() - t)
+def human_duration(seconds):
+    """'3 minutes', 'Less than a second': podman's wording for how long ago or how long up."""
+    d = max(0.0, seconds)
     for limit, div, unit in ((60, 1, "second"), (3600, 60, "minute"), (86400, 3600, "hour"),
                              (86400 * 14, 86400, "day"), (86400 * 60, 86400 * 7, "week"),
                              (86400 * 730, 86400 * 30, "month"), (float("inf"), 86400 * 365, "year")):
         if d < limit:
             n = int(d // div)
             if unit == "second" and n < 1:
-                return "Less than a second ago"
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+                return "Less than a second"
+            return f"{n} {unit}{'s' if n != 1 else ''}"
     return "unknown"
+
+
+def human_ago(created):
+    t = _created_epoch(created)
+    return f"{human_duration(time.time() - t)} ago" if t else "unknown"
 
 
 def print_table(rows, header):
