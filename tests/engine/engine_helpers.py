@@ -26,7 +26,7 @@ def _own_cgroup_dirs():
 def _cgroup_children():
     seen = set()
     for d in os.listdir(CGROUP):
-        base = os.path.join(CGROUP, d, "keel")
+        base = os.path.join(CGROUP, d, os.environ.get("KEEL_CGROUP_PARENT", "/keel").lstrip("/"))
         if os.path.isdir(base):
             seen.update(os.path.join(base, n) for n in os.listdir(base)
                         if os.path.isdir(os.path.join(base, n)))
@@ -59,7 +59,7 @@ def _procs_mentioning(text):
                 cg = f.read()
         except OSError:
             continue
-        if text.encode() in cmd or ":/keel/" in cg:
+        if text.encode() in cmd or f":{os.environ.get('KEEL_CGROUP_PARENT', '/keel')}/" in cg:
             out.append((int(p), cmd.replace(b"\0", b" ").decode(errors="replace")))
     return out
 

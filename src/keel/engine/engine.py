@@ -75,10 +75,18 @@ def format_time(t: float) -> str:
     return datetime.datetime.fromtimestamp(t).astimezone().isoformat()
 
 
+DEFAULT_CGROUP_PARENT = "/keel"
+
+
 class Engine:
-    def __init__(self, root: str, runroot: str):
+    def __init__(self, root: str, runroot: str, cgroup_parent: str | None = None):
         self.root = os.path.abspath(root)
         self.runroot = os.path.abspath(runroot)
+        # Containers' cgroups go under this parent (podman's cgroup_parent); env KEEL_CGROUP_PARENT.
+        parent = cgroup_parent or os.environ.get("KEEL_CGROUP_PARENT") or DEFAULT_CGROUP_PARENT
+        if not parent.startswith("/") or ":" in parent or ".." in parent.split("/"):
+            raise EngineError(f"cgroup parent {parent!r}: must be an absolute cgroupfs path")
+        self.cgroup_parent = parent.rstrip("/") or "/"
         self.db = _db.DB(os.path.join(self.root, "engine.db"))
         self.runtime_root = os.path.join(self.runroot, "runtime")
         self.exit_dir = os.path.join(self.runroot, "exits")
@@ -228,7 +236,7 @@ class Engine:
                                        workdir=workdir, user=user, hostname=hostname)
             _bundle.mkdir_in_root(rootfs, spec["process"]["cwd"])
             linux = spec.setdefault("linux", {})
-            linux["cgroupsPath"] = f"/keel/{cid}"
+            linux["cgroupsPath"] = f"{self.cgroup_parent.rstrip('/')}/{cid}"
             if network == "host":
                 linux["namespaces"] = [ns for ns in linux.get("namespaces", []) if ns["type"] != "network"]
             elif not any(ns["type"] == "network" for ns in linux.get("namespaces", [])):
