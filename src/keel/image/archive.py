@@ -39,7 +39,8 @@ from keel.image import digest as _digest
 from keel.image import reference as _reference
 from keel.image.errors import BlobNotFound, DigestMismatch, ImageError
 from keel.image.store import (INDEX_TYPES, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST,
-                              IMAGE_MANIFEST_TYPES, Image, Store, _fsync_dir)
+                              IMAGE_MANIFEST_TYPES, Image, Store, _fsync_dir,
+                              check_diff_ids)
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -346,19 +347,8 @@ def _blob_rel(d: str) -> str:
 
 
 def _check_image(manifest: dict, config: dict, what: str, archive: str):
-    layers = manifest.get("layers")
-    if not isinstance(layers, list):
-        raise ImageError(f"{archive}: {what}: layers: expected a list")
-    rootfs = config.get("rootfs") if isinstance(config, dict) else None
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list):
-        raise ImageError(f"{archive}: {what}: config rootfs.diff_ids: expected a list")
-    if len(diff_ids) != len(layers):
-        raise ImageError(f"{archive}: {what}: {len(layers)} layers but the config has "
-                         f"{len(diff_ids)} rootfs.diff_ids")
-    for i, d in enumerate(diff_ids):
-        if not isinstance(d, str) or not _digest.is_valid(d):
-            raise ImageError(f"{archive}: {what}: config rootfs.diff_ids[{i}]: invalid digest {d!r}")
+    check_diff_ids(manifest.get("layers"), config, f"{archive}: {what}", f"{archive}: {what}: config",
+                   "the config")
 
 
 def _parse_json(data: bytes, what: str, archive: str):

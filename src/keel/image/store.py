@@ -102,6 +102,24 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return out
 
 
+def check_diff_ids(layers, config, where: str, config_where: str, config_name: str) -> list:
+    """The manifest's layer list and the config's rootfs.diff_ids agree (shape, count, digests);
+    returns the diff ids. `where`/`config_where` prefix the messages, `config_name` names it."""
+    if not isinstance(layers, list):
+        raise ImageError(f"{where}: layers: expected a list")
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise ImageError(f"{config_where}: rootfs.diff_ids: expected a list")
+    if len(diff_ids) != len(layers):
+        raise ImageError(f"{where}: {len(layers)} layers but {config_name} has "
+                         f"{len(diff_ids)} rootfs.diff_ids")
+    for i, d in enumerate(diff_ids):
+        if not isinstance(d, str) or not _digest.is_valid(d):
+            raise ImageError(f"{config_where}: rootfs.diff_ids[{i}]: invalid digest {d!r}")
+    return diff_ids
+
+
 class Layer:
     __slots__ = ("digest", "media_type", "size", "diff_id", "chain_id")
 
@@ -653,18 +671,8 @@ class Store:
         if not isinstance(config, dict):
             raise ImageError(f"config {config_digest}: not a json object")
         ldescs = m.get("layers")
-        if not isinstance(ldescs, list):
-            raise ImageError(f"{what}: layers: expected a list")
-        rootfs = config.get("rootfs") or {}
-        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        if not isinstance(diff_ids, list):
-            raise ImageError(f"config {config_digest}: rootfs.diff_ids: expected a list")
-        if len(diff_ids) != len(ldescs):
-            raise ImageError(f"{what}: {len(ldescs)} layers but config {config_digest} has "
-                             f"{len(diff_ids)} rootfs.diff_ids")
-        for i, d in enumerate(diff_ids):
-            if not isinstance(d, str) or not _digest.is_valid(d):
-                raise ImageError(f"config {config_digest}: rootfs.diff_ids[{i}]: invalid digest {d!r}")
+        diff_ids = check_diff_ids(ldescs, config, what, f"config {config_digest}",
+                                  f"config {config_digest}")
         layers = []
         chains = chain_ids(diff_ids)
         for i, ld in enumerate(ldescs):
