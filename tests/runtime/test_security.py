@@ -65,6 +65,62 @@ def test_cve_2019_5736_exec_intermediate_not_reachable(bundle, runtime, tmp_path
     assert _host_binaries() == before
 
 
+def _grant_ptrace(bundle):
+    caps = bundle.process.setdefault("capabilities", {})
+    for s in ("bounding", "effective", "permitted"):
+        caps.setdefault(s, [])
+        if "CAP_SYS_PTRACE" not in caps[s]:
+            caps[s].append("CAP_SYS_PTRACE")
+    bundle.save()
+
+
+def test_cve_2019_5736_ptrace_capable_container_sees_only_sealed_copy(bundle, runtime):
+    """With CAP_SYS_PTRACE in the host user namespace non-dumpable is no guard: the runtime
+    then runs from a sealed memfd copy of its interpreter, never from the host's file."""
+    if "runc" in os.path.basename(runtime.argv[0]):
+        pytest.skip("keel-runtime's own guard")
+    before = _host_binaries()
+    _grant_ptrace(bundle)
+    bundle.sh("sleep 1000").create_ok()
+    pid = bundle.state()["pid"]
+    assert os.readlink(f"/proc/{pid}/exe").startswith("/memfd:keel-runtime"), os.readlink(f"/proc/{pid}/exe")
+    r = runtime("exec", bundle.id, "sh", "-c",
+                "grep CapEff /proc/self/status; readlink /proc/1/exe; "
+                "echo x >> /proc/1/exe; echo write=$?")
+    assert r.rc == 0, r
+    assert "/memfd:keel-runtime" in r.out and "python" not in r.out, r.out
+    assert "write=0" not in r.out, r.out
+    assert bundle.start().rc == 0
+    assert _host_binaries() == before
+
+
+def test_cve_2019_5736_ptrace_exec_helpers_sealed(bundle, runtime):
+    """An exec into a container whose processes may ptrace: the exec's runtime side, visible
+    in the container's pid namespace, is the sealed copy too."""
+    if "runc" in os.path.basename(runtime.argv[0]):
+        pytest.skip("keel-runtime's own guard")
+    before = _host_binaries()
+    _grant_ptrace(bundle)
+    bundle.start_detached("sleep 1000")
+    script = ("for p in /proc/[0-9]*; do "
+              "  t=$(readlink $p/exe 2>/dev/null) || continue; "
+              "  case $t in *python*) echo HOSTEXE ${p#/proc/} $t;; esac; "
+              "done; echo scanned")
+    for _ in range(3):
+        r = runtime("exec", bundle.id, "sh", "-c", script)
+        assert r.rc == 0 and "scanned" in r.out and "HOSTEXE" not in r.out, r
+    assert _host_binaries() == before
+
+
+def test_no_sealed_copy_without_ptrace(bundle, runtime):
+    """The copy costs a few ms: a container without CAP_SYS_PTRACE runs the interpreter as is."""
+    if "runc" in os.path.basename(runtime.argv[0]):
+        pytest.skip("keel-runtime's own guard")
+    bundle.sh("sleep 1000").create_ok()
+    pid = bundle.state()["pid"]
+    assert os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(sys.executable)
+
+
 # -- CVE-2024-21626: leaked fds and a cwd outside the container ------------------------------
 
 @pytest.fixture

@@ -138,6 +138,10 @@ def cmd_exec(opts, args):
             raise RuntimeError_("--process-label: SELinux labels are not supported by keel-runtime")
     c = Container.load(opts.root, args[0])
     proc = build_process(c, opts, args[1:])
+    from keel.runtime import sealed
+
+    # any process of the container with CAP_SYS_PTRACE could reach this exec's helpers
+    sealed.ensure(proc, c.data.get("process"), in_userns=bool(c.data.get("userns")))
     return exec_(c, proc, console_socket=opts.console_socket, detach=bool(opts.detach),
                  pid_file=opts.pid_file, preserve_fds=_int(opts.preserve_fds or 0, "--preserve-fds"),
                  seccomp_profile=c.data.get("seccomp"), ignore_paused=bool(opts.ignore_paused))

@@ -11,7 +11,7 @@ import time
 from keel.kernel import libc
 from keel.oci import config as ociconfig
 from keel.oci.config import NAMESPACE_FLAGS
-from keel.runtime import channel, log, process
+from keel.runtime import channel, log, process, sealed
 from keel.runtime.errors import RuntimeError_
 from keel.runtime.state import Container, boot_id, check_id, proc_start_time
 
@@ -64,6 +64,7 @@ def create(root, cid, bundle, console_socket=None, pid_file=None, no_pivot=False
             linux["seccomp"] = None
     new_flags, join = namespace_plan(linux)
     check_sysctls(linux.get("sysctl"), new_flags, join)
+    sealed.ensure(proc, in_userns=bool(new_flags & NAMESPACE_FLAGS["user"]) or any(t == "user" for t, _ in join))
     if linux.get("maskedPaths") or linux.get("readonlyPaths"):
         if not new_flags & NAMESPACE_FLAGS["mount"]:
             raise RuntimeError_("linux.maskedPaths: masking paths needs a new mount namespace")
