@@ -17,6 +17,8 @@ import signal
 import sys
 import time
 
+from keel.cli import runopts
+
 EXIT_ERROR = 125
 
 
@@ -88,6 +90,7 @@ def register(sub, group=False):
 
     p = add("rm", cmd_rm, "remove containers", aliases=("remove",) if group else ())
     p.add_argument("-f", "--force", action="store_true", help="kill running containers first")
+    p.add_argument("-v", "--volumes", action="store_true", help="remove their anonymous volumes too")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
 
     if group:
@@ -121,6 +124,7 @@ def _create_flags(p):
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("--stop-signal", help="signal to stop the container (default: the image's, or SIGTERM)")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS", help="seconds stop waits before SIGKILL (default 10)")
+    runopts.add_flags(p)
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
 
@@ -196,7 +200,8 @@ def _create(args, eng):
     return eng.create(args.image, args.command, name=args.name, entrypoint=_entrypoint(args.entrypoint),
                       env=_env(args), workdir=args.workdir, user=args.user, hostname=args.hostname,
                       runtime=args.runtime, labels=_labels(args.label), network=args.network,
-                      remove=args.rm, stop_signal=args.stop_signal, stop_timeout=args.stop_timeout)
+                      remove=args.rm, stop_signal=args.stop_signal, stop_timeout=args.stop_timeout,
+                      run_options=runopts.parse(args, args.network))
 
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -336,7 +341,7 @@ def ps_entry(c):
         "ImageID": c["image_id"],
         "IsInfra": False,
         "Labels": c["labels"] or None,
-        "Mounts": [],
+        "Mounts": [m["destination"] for m in (c["options"].get("run") or {}).get("mounts", [])],
         "Names": [c["name"]],
         "Networks": [],
         "Pid": c["pid"] if c["state"] == "running" else 0,
@@ -464,7 +469,7 @@ def cmd_kill(args):
 
 def cmd_rm(args):
     eng = _engine(args)
-    return _each(args, args.containers, lambda ref: eng.remove(ref, force=args.force))
+    return _each(args, args.containers, lambda ref: eng.remove(ref, force=args.force, volumes=args.volumes))
 
 
 def cmd_cleanup(args):
@@ -474,6 +479,7 @@ def cmd_cleanup(args):
 
 def inspect_entry(eng, c):
     """One container in podman's `container inspect` shape (the fields keel knows)."""
+    from keel.engine import specgen
     from keel.engine.engine import format_time
 
     cfg, opts = c["config"], c["options"]
@@ -542,7 +548,9 @@ def inspect_entry(eng, c):
             "NetworkMode": opts.get("network", "none"),
             "AutoRemove": bool(opts.get("remove")),
             "Runtime": "oci",
+            **specgen.inspect_host_config(opts.get("run")),
         },
+        "Mounts": specgen.inspect_mounts(opts.get("run"), eng.volumes.dir),
     }
 
 

@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from keel.cli import containers, images
+    from keel.cli import containers, images, volumes
 
     p = _Parser(prog="keel", description="keel: containers and images, daemonless, podman-style")
     p.add_argument("--root", default=os.environ.get("KEEL_ROOT", DEFAULT_ROOT),
@@ -33,6 +33,7 @@ def build_parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     images.register(sub)
     containers.register(sub)
+    volumes.register(sub)
     image = sub.add_parser("image", help="manage images (ls, rm, pull, push, prune, mount, ...)")
     isub = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser)
     images.register(isub, group=True)

@@ -10,6 +10,10 @@ Where things live:
     <runroot>/exits/<id>                 conmon's exit file (the exit code)
     <runroot>/locks/<id>                 flock serialising changes to one container
     <runroot>/runtime/                   the OCI runtime's --root (every runtime shares it)
+    <root>/volumes/<name>/_data          named and anonymous volumes (volumes.py)
+
+The security, resource and storage options of a container (caps, seccomp, limits, mounts,
+--init) are checked by specgen.parse() and put into the config by specgen.apply().
 
 Life of a container (podman's states): `create` claims the name in the database, prepares the
 snapshot and writes the bundle (state "created"); `start` launches conmon, which runs
@@ -119,6 +123,12 @@ class Engine:
             self._snap = Snapshotter(os.path.join(self.root, "snapshots"))
         return self._snap
 
+    @property
+    def volumes(self):
+        from keel.engine.volumes import Volumes
+
+        return Volumes(self.root)
+
     def bundle_dir(self, cid: str) -> str:
         return os.path.join(self.runroot, "containers", cid)
 
@@ -182,8 +192,10 @@ class Engine:
                workdir: str | None = None, user: str | None = None, hostname: str | None = None,
                runtime: str | None = None, labels: dict | None = None, network: str = "none",
                remove: bool = False, stop_signal: str | None = None,
-               stop_timeout: int | None = None) -> dict:
-        """Make a container (state "created"): name claimed, snapshot mounted, bundle written."""
+               stop_timeout: int | None = None, run_options: dict | None = None) -> dict:
+        """Make a container (state "created"): name claimed, snapshot mounted, bundle written.
+        `run_options` are the security, resource and storage options from specgen.parse()."""
+        from keel.engine import specgen
         from keel.image import bundle as _bundle
 
         if network not in NETWORKS:
@@ -208,7 +220,8 @@ class Engine:
         options = {"command": list(command or []), "entrypoint": entrypoint, "env": list(env or []),
                    "workdir": workdir, "user": user, "hostname": hostname, "network": network,
                    "remove": bool(remove), "stop_signal": stop_sig,
-                   "stop_timeout": DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout}
+                   "stop_timeout": DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout,
+                   "run": run_options if run_options is not None else specgen.parse(network=network)}
         rec = {"id": cid, "name": name, "image_id": img.id.partition(":")[2], "image_name": image,
                "config": {}, "options": options, "labels": all_labels, "runtime": runtime_path,
                "state": "configured", "created": time.time(),
@@ -241,18 +254,20 @@ class Engine:
                 linux["namespaces"] = [ns for ns in linux.get("namespaces", []) if ns["type"] != "network"]
             elif not any(ns["type"] == "network" for ns in linux.get("namespaces", [])):
                 linux.setdefault("namespaces", []).append({"type": "network"})
+            specgen.apply(spec, options["run"], volumes=self.volumes, rootfs=rootfs, network=network)
             _write_config(self.bundle_dir(cid), spec)
             self.db.update(cid, config=spec, state="created")
         except ImageError as e:
-            self._discard(cid)
+            self._discard(cid, volumes=True)
             raise EngineError(str(e)) from None
         except BaseException:
-            self._discard(cid)
+            self._discard(cid, volumes=True)
             raise
         return self.db.get(cid)
 
-    def _discard(self, cid: str) -> None:
-        """Remove everything of a container that is not running (best effort, idempotent)."""
+    def _discard(self, cid: str, volumes: bool = False) -> None:
+        """Remove everything of a container that is not running (best effort, idempotent);
+        with `volumes`, its anonymous volumes too."""
         with contextlib.suppress(EngineError, OSError):
             if cid in self.snapshotter.snapshots():
                 self.snapshotter.remove(cid)
@@ -262,6 +277,10 @@ class Engine:
             os.unlink(os.path.join(self.exit_dir, cid))
         c = self.db.get(cid)
         self.db.delete(cid, c["exit_code"] if c else None)
+        if c and (volumes or c["options"].get("remove")):
+            from keel.engine import volumes as _volumes
+
+            _volumes.remove_container_volumes(self, c)
 
     # -- start -------------------------------------------------------------------------------------
 
@@ -410,8 +429,10 @@ class Engine:
             if remove:
                 self._remove_locked(c)
 
-    def remove(self, ref: str, force: bool = False, timeout: float = 10.0) -> str:
-        """Remove a container and all it owns; a running one only with force (SIGKILL)."""
+    def remove(self, ref: str, force: bool = False, timeout: float = 10.0,
+               volumes: bool = False) -> str:
+        """Remove a container and all it owns; a running one only with force (SIGKILL);
+        with `volumes`, its anonymous volumes (`rm -v`; `--rm` containers always)."""
         c = self.get(ref)
         if c["state"] in RUNNING_STATES:
             if not force:
@@ -434,14 +455,14 @@ class Engine:
                 cur = self._sync(cur)
                 if cur["state"] in ("initialized", "running") and not force:
                     raise InvalidState(f"cannot remove container {cur['name']}: it is {cur['state']}")
-                self._remove_locked(cur)
+                self._remove_locked(cur, volumes)
         return c["id"]
 
-    def _remove_locked(self, c: dict) -> None:
+    def _remove_locked(self, c: dict, volumes: bool = False) -> None:
         cid = c["id"]
         if c["state"] in RUNNING_STATES or c["state"] == "exited":
             self.runtime(c).delete(cid, force=True)
-        self._discard(cid)
+        self._discard(cid, volumes)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.runroot, "locks", cid))
 

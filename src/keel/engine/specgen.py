@@ -1,0 +1,814 @@
+"""The security, resource and storage options of `keel run`/`create`, with docker's and
+podman's meaning, turned into a container's OCI config.
+
+Two steps, so that bad input is refused before anything exists:
+
+    run = parse(cap_add=[...], memory="512m", volumes=["/h:/c:ro"], ...)   # pure: checks
+        every value, loads a seccomp file, names anonymous volumes; EngineError on bad input;
+        the result is plain JSON data the engine keeps with the container
+    made = apply(spec, run, volumes=..., rootfs=..., network=...)   # edits the spec from
+        keel.image.bundle; makes missing named/anonymous volumes and copies the image's
+        content into new ones; undoes what it made if it fails
+
+Defaults are Docker's: its 14 capabilities, keel's default seccomp profile
+(seccomp_default: the calls Docker's profile blocks), Docker's masked and read-only /proc and
+/sys paths, /sys and cgroupfs read-only, no host devices, no-new-privileges off.
+`--privileged` gives every capability, no seccomp filter, no masked or read-only paths,
+writable /sys and cgroupfs and the host's devices.
+"""
+
+import copy
+import json
+import os
+import re
+import stat
+
+from keel.engine.errors import EngineError
+from keel.image.bundle import DOCKER_CAPS
+
+MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/sys/firmware", "/sys/devices/virtual/powercap")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+READ_ONLY_TMPFS = ("/run", "/tmp", "/var/tmp")   # podman's --read-only-tmpfs (default true)
+INIT_PATH = "/run/keel-init"                       # podman: /run/podman-init
+INIT_CANDIDATES = ("/usr/libexec/keel/catatonit", "/usr/libexec/podman/catatonit",
+                   "/usr/bin/catatonit", "/usr/bin/tini-static", "/usr/bin/tini")
+MIN_MEMORY = 6 << 20                               # docker refuses less
+UNLIMITED = (1 << 64) - 1
+RLIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+           "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+# Namespaced sysctls a container may set (docker's list); net.* needs its own network ns.
+SYSCTL_KERNEL = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+                 "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced", "kernel.domainname")
+BIND_OPTIONS = {"ro", "rw", "z", "Z", "rbind", "bind", "shared", "rshared", "slave", "rslave",
+                "private", "rprivate", "unbindable", "runbindable", "nosuid", "suid", "nodev", "dev",
+                "noexec", "exec", "nocopy", "copy"}
+PROPAGATION = ("shared", "rshared", "slave", "rslave", "private", "rprivate", "unbindable",
+               "runbindable")
+TMPFS_FLAGS = {"rw", "ro", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",
+               "dirsync", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
+               "strictatime", "nostrictatime", "tmpcopyup", "notmpcopyup"}
+TMPFS_VALUES = {"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks"}
+
+
+def _fail(msg):
+    raise EngineError(msg)
+
+
+# -- small parsers ---------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp])?i?b?\Z", re.I)
+
+
+def parse_size(value, flag: str) -> int:
+    """Bytes from docker's RAMInBytes spelling: 1024, 512k, 64m, 1g, 1.5GiB, 2gb."""
+    m = _SIZE.match(str(value).strip())
+    if not m:
+        _fail(f"{flag} {value!r}: invalid size (a number with an optional unit b, k, m, g, t, p)")
+    n = float(m.group(1)) * (1 << (10 * " kmgtp".index((m.group(2) or " ").lower())))
+    return int(n)
+
+
+def normalize_cap(name: str, flag: str) -> str:
+    from keel.kernel.caps import CAPS
+
+    up = str(name).strip().upper()
+    if up == "ALL":
+        return "ALL"
+    full = up if up.startswith("CAP_") else "CAP_" + up
+    if full not in CAPS:
+        _fail(f"{flag} {name}: unknown capability {full}")
+    return full
+
+
+def _bool(value, flag):
+    v = str(value).strip().lower()
+    if v in ("", "true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    _fail(f"{flag}: {value!r} is not true or false")
+
+
+def _abs_dest(dest, flag):
+    if not dest or not dest.startswith("/"):
+        _fail(f"{flag}: destination {dest!r} must be an absolute path in the container")
+    clean = os.path.normpath(dest)
+    if clean == "/":
+        _fail(f"{flag}: destination {dest!r}: a mount cannot replace the container's root")
+    if ".." in dest.split("/"):
+        _fail(f"{flag}: destination {dest!r}: '..' is not allowed")
+    return clean
+
+
+# -- security options ------------------------------------------------------------------------------
+
+def parse_security_opts(items) -> dict:
+    """--security-opt values: seccomp=FILE|unconfined, no-new-privileges[=true|false],
+    mask=P1:P2, unmask=ALL|P1:P2, label=disable (accepted as podman does where SELinux is off)."""
+    out = {"seccomp": None, "no_new_privileges": False, "mask": [], "unmask": []}
+    for item in items or []:
+        item = str(item)
+        key, sep, value = item.partition("=")
+        if not sep and ":" in item and key.split(":")[0] in ("seccomp", "no-new-privileges"):
+            key, _, value = item.partition(":")   # docker's older key:value spelling
+            sep = ":"
+        where = f"--security-opt {item}"
+        if key == "no-new-privileges":
+            out["no_new_privileges"] = _bool(value, where) if sep else True
+        elif key == "seccomp":
+            if not value:
+                _fail(f"{where}: give a profile file or unconfined")
+            out["seccomp"] = "unconfined" if value == "unconfined" else _load_profile(value, where)
+        elif key in ("mask", "unmask") and value:
+            paths = value.split(":")
+            for p in paths:
+                if p != "ALL" and not p.startswith("/"):
+                    _fail(f"{where}: {p!r} is not an absolute path")
+                if p == "ALL" and key == "mask":
+                    _fail(f"{where}: ALL is only valid for unmask")
+            out[key] += paths
+        elif key == "label" and value == "disable":
+            continue   # no SELinux labelling here: disabling it is what already happens
+        else:
+            _fail(f"{where}: unknown security option (seccomp=, no-new-privileges, mask=, unmask=)")
+    return out
+
+
+def _load_profile(path, where):
+    try:
+        with open(path) as f:
+            prof = json.load(f)
+    except OSError as e:
+        _fail(f"{where}: {(e.strerror or str(e)).lower()}")
+    except ValueError as e:
+        _fail(f"{where}: not a JSON seccomp profile: {e}")
+    if not isinstance(prof, dict):
+        _fail(f"{where}: not a JSON seccomp profile: expected an object")
+    try:
+        seccomp_for(prof, DOCKER_CAPS)   # every field checked now, before a container exists
+    except EngineError as e:
+        _fail(f"{where}: {e}")
+    return {"path": os.path.abspath(path), "profile": prof}
+
+
+def _native_arch():
+    return {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64", "ppc64le": "SCMP_ARCH_PPC64LE",
+            "s390x": "SCMP_ARCH_S390X", "riscv64": "SCMP_ARCH_RISCV64"}.get(os.uname().machine)
+
+
+def _kernel_version():
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def seccomp_for(profile: dict, caps) -> dict:
+    """An OCI `linux.seccomp` from a profile in Docker's format (archMap, entries with
+    includes/excludes of caps, arches, minKernel) or already in OCI form, for a container
+    holding `caps`. Checked with keel.kernel.seccomp (EngineError naming the field)."""
+    from keel.kernel import seccomp as _seccomp
+    from keel.kernel.errors import KernelError
+
+    caps = set(caps)
+    arch = _native_arch()
+    out = {k: copy.deepcopy(v) for k, v in profile.items()
+           if k not in ("archMap", "syscalls", "architectures")}
+    arches = list(profile.get("architectures") or [])
+    for entry in profile.get("archMap") or []:
+        if isinstance(entry, dict) and entry.get("architecture") == arch:
+            arches = [arch] + list(entry.get("subArchitectures") or [])
+    if arches:
+        out["architectures"] = arches
+    syscalls = []
+    for i, entry in enumerate(profile.get("syscalls") or []):
+        if not isinstance(entry, dict):
+            _fail(f"syscalls[{i}]: expected an object")
+        inc, exc = entry.get("includes") or {}, entry.get("excludes") or {}
+        if inc.get("caps") and not set(inc["caps"]) <= caps:
+            continue
+        if exc.get("caps") and set(exc["caps"]) & caps:
+            continue
+        if inc.get("arches") and arch not in inc["arches"] and \
+                not any(a.lower() in arch.lower() for a in inc["arches"]):
+            continue
+        if exc.get("arches") and any(a.lower() in (arch or "").lower() for a in exc["arches"]):
+            continue
+        if inc.get("minKernel"):
+            m = re.match(r"(\d+)\.(\d+)", str(inc["minKernel"]))
+            if m and _kernel_version() < (int(m.group(1)), int(m.group(2))):
+                continue
+        e = {k: v for k, v in entry.items() if k not in ("includes", "excludes", "comment", "name")}
+        if entry.get("name") and not entry.get("names"):
+            e["names"] = [entry["name"]]
+        syscalls.append(e)
+    out["syscalls"] = syscalls
+    try:
+        _seccomp.validate(out)
+    except KernelError as e:
+        _fail(str(e))
+    return out
+
+
+# -- mounts --------------------------------------------------------------------------------------
+
+def _bind_like_options(opts, where, volume):
+    """(mode "ro"/"rw", OCI options, nocopy) from -v's comma list."""
+    ro, prop, extra, nocopy, bind = False, None, [], False, "rbind"
+    for o in opts:
+        if o not in BIND_OPTIONS:
+            _fail(f"{where}: unknown option {o!r} (ro, rw, z, Z, [r]shared, [r]slave, [r]private, "
+                  "nosuid, nodev, noexec, bind, rbind, nocopy)")
+        if o in ("ro", "rw"):
+            ro = o == "ro"
+        elif o in PROPAGATION:
+            if prop:
+                _fail(f"{where}: more than one propagation option")
+            prop = o
+        elif o in ("bind", "rbind"):
+            bind = o
+        elif o in ("nocopy", "copy"):
+            if not volume:
+                _fail(f"{where}: {o} applies to volumes only")
+            nocopy = o == "nocopy"
+        elif o in ("z", "Z"):
+            continue   # SELinux relabelling: there is no SELinux policy on this host to label for
+        else:
+            extra.append(o)
+    oci = [bind, "ro" if ro else "rw", prop or "rprivate"] + extra
+    if volume:
+        oci += [x for x in ("nosuid", "nodev") if x not in extra and x[2:] not in extra]
+    return ("ro" if ro else "rw"), oci, nocopy
+
+
+def parse_volume(spec: str) -> dict:
+    """-v SRC:DST[:OPTS] (SRC a host path when it starts with / or ., else a volume name),
+    or -v DST (an anonymous volume)."""
+    where = f"-v {spec}"
+    parts = str(spec).split(":")
+    if len(parts) > 3 or not parts[0]:
+        _fail(f"{where}: expected SRC:DST[:OPTIONS] or DST")
+    if len(parts) == 1:
+        src, dst, opts = None, parts[0], []
+    elif len(parts) == 2 and parts[0].startswith("/") and parts[1] and \
+            set(parts[1].split(",")) <= BIND_OPTIONS:
+        src, dst, opts = None, parts[0], parts[1].split(",")   # /dst:ro, anonymous
+    else:
+        src, dst = parts[0], parts[1]
+        opts = parts[2].split(",") if len(parts) == 3 else []
+    opts = [o for o in opts if o]
+    dst = _abs_dest(dst, where)
+    if src is None or not src.startswith(("/", ".")):
+        mode, oci, nocopy = _bind_like_options(opts, where, True)
+        anon = src is None
+        name = os.urandom(32).hex() if anon else _volume_name(src, where)
+        return {"type": "volume", "name": name, "anonymous": anon, "destination": dst,
+                "mode": mode, "options": oci, "nocopy": nocopy}
+    mode, oci, _ = _bind_like_options(opts, where, False)
+    return {"type": "bind", "source": _host_path(src, where), "destination": dst, "mode": mode,
+            "options": oci}
+
+
+def _volume_name(name, where):
+    from keel.engine.volumes import check_name
+
+    try:
+        return check_name(name)
+    except EngineError as e:
+        _fail(f"{where}: {e}")
+
+
+def _host_path(src, where):
+    path = os.path.abspath(src)
+    try:
+        os.stat(path)
+    except OSError as e:
+        _fail(f"{where}: host path {path}: {(e.strerror or str(e)).lower()}")
+    return path
+
+
+def parse_tmpfs(spec: str) -> dict:
+    """--tmpfs /path[:opt,opt,...]: podman's defaults rw,noexec,nosuid,nodev and tmpcopyup."""
+    where = f"--tmpfs {spec}"
+    dst, _, opts = str(spec).partition(":")
+    return _tmpfs(_abs_dest(dst, where), [o for o in opts.split(",") if o], where)
+
+
+def _tmpfs(dst, opts, where):
+    flags = {"rw": "rw", "noexec": "noexec", "nosuid": "nosuid", "nodev": "nodev"}
+    values, copyup = {}, True
+    opposite = {"ro": "rw", "rw": "ro", "exec": "noexec", "noexec": "exec", "suid": "nosuid",
+                "nosuid": "suid", "dev": "nodev", "nodev": "dev"}
+    for o in opts:
+        key, sep, val = o.partition("=")
+        if sep:
+            if key not in TMPFS_VALUES:
+                _fail(f"{where}: unknown tmpfs option {o!r}")
+            if key == "size":
+                try:
+                    val = str(parse_size(val, where) if not val.endswith("%") else val)
+                except EngineError:
+                    _fail(f"{where}: size {val!r} is not a size")
+            elif key == "mode" and not re.fullmatch(r"[0-7]{1,4}", val):
+                _fail(f"{where}: mode {val!r} is not an octal mode")
+            elif key in ("uid", "gid", "nr_inodes", "nr_blocks") and not val.isdigit():
+                _fail(f"{where}: {key} {val!r} is not a number")
+            values[key] = val
+        elif o in ("tmpcopyup", "notmpcopyup"):
+            copyup = o == "tmpcopyup"
+        elif o in TMPFS_FLAGS:
+            if o in opposite:
+                flags.pop(opposite[o], None)
+            flags[o] = o
+        else:
+            _fail(f"{where}: unknown tmpfs option {o!r}")
+    options = list(flags) + [f"{k}={v}" for k, v in values.items()] + (["tmpcopyup"] if copyup else [])
+    return {"type": "tmpfs", "destination": dst, "options": options}
+
+
+def parse_mount(spec: str) -> dict:
+    """--mount type=bind|volume|tmpfs,source=..,target=..,readonly,... (docker's keys)."""
+    where = f"--mount {spec}"
+    kv = {}
+    for field in str(spec).split(","):
+        if not field:
+            continue
+        key, sep, val = field.partition("=")
+        key = key.strip().lower()
+        if key in kv:
+            _fail(f"{where}: {key} given twice")
+        kv[key] = val if sep else None
+    kind = kv.pop("type", None) or "volume"
+    dst = kv.pop("target", None) or kv.pop("destination", None) or kv.pop("dst", None)
+    src = kv.pop("source", None) or kv.pop("src", None)
+    if not dst:
+        _fail(f"{where}: target= is required")
+    dst = _abs_dest(dst, where)
+    ro = False
+    for key in ("readonly", "ro"):
+        if key in kv:
+            ro = _bool(kv.pop(key) or "true", f"{where}: {key}")
+    if kind == "tmpfs":
+        if src:
+            _fail(f"{where}: a tmpfs takes no source")
+        opts = ["ro"] if ro else []
+        if kv.get("tmpfs-size") is not None:
+            opts.append(f"size={kv.pop('tmpfs-size')}")
+        if kv.get("tmpfs-mode") is not None:
+            opts.append(f"mode={kv.pop('tmpfs-mode')}")
+        for k in list(kv):
+            if k in TMPFS_FLAGS or k in ("tmpcopyup", "notmpcopyup"):
+                kv.pop(k)
+                opts.append(k)
+        _no_more(kv, where)
+        return _tmpfs(dst, opts, where)
+    opts = ["ro" if ro else "rw"]
+    if kind == "bind":
+        if not src:
+            _fail(f"{where}: source= is required for a bind mount")
+        prop = kv.pop("bind-propagation", None)
+        if prop:
+            if prop not in PROPAGATION:
+                _fail(f"{where}: bind-propagation {prop!r}: one of {', '.join(PROPAGATION)}")
+            opts.append(prop)
+        if kv.pop("bind-nonrecursive", None) in ("", "true", "1"):
+            opts.append("bind")
+        for k in ("relabel", "z", "Z"):
+            kv.pop(k, None)
+        _no_more(kv, where)
+        mode, oci, _ = _bind_like_options(opts, where, False)
+        return {"type": "bind", "source": _host_path(src, where), "destination": dst,
+                "mode": mode, "options": oci}
+    if kind == "volume":
+        if "volume-nocopy" in kv:
+            if _bool(kv.pop("volume-nocopy") or "true", f"{where}: volume-nocopy"):
+                opts.append("nocopy")
+        _no_more(kv, where)
+        mode, oci, nocopy = _bind_like_options(opts, where, True)
+        anon = not src
+        return {"type": "volume", "name": os.urandom(32).hex() if anon else _volume_name(src, where),
+                "anonymous": anon, "destination": dst, "mode": mode, "options": oci, "nocopy": nocopy}
+    _fail(f"{where}: type {kind!r}: bind, volume or tmpfs")
+
+
+def _no_more(kv, where):
+    if kv:
+        _fail(f"{where}: unknown key {sorted(kv)[0]!r}")
+
+
+# -- resources -------------------------------------------------------------------------------------
+
+def _int(value, flag, lo=None, hi=None):
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        _fail(f"{flag} {value!r}: not a whole number")
+    if (lo is not None and n < lo) or (hi is not None and n > hi):
+        _fail(f"{flag} {value}: must be in {lo}..{hi}" if hi is not None else f"{flag} {value}: must be at least {lo}")
+    return n
+
+
+_CPUSET = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*\Z")
+
+
+def swap_accounting() -> bool:
+    """Whether the memory controller can limit swap: v1 memory.memsw.*, or cgroup v2."""
+    if os.path.isdir("/sys/fs/cgroup/memory"):
+        return os.path.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
+def parse_resources(memory=None, memory_swap=None, memory_reservation=None, cpus=None,
+                    cpu_shares=None, cpu_period=None, cpu_quota=None, cpuset_cpus=None,
+                    cpuset_mems=None, pids_limit=None) -> dict:
+    r = {}
+    if memory is not None:
+        r["memory"] = parse_size(memory, "--memory")
+        if r["memory"] < MIN_MEMORY:
+            _fail(f"--memory {memory}: the minimum memory limit is 6MB")
+    if memory_reservation is not None:
+        r["memory_reservation"] = parse_size(memory_reservation, "--memory-reservation")
+        if "memory" in r and r["memory_reservation"] > r["memory"]:
+            _fail("--memory-reservation: must be below --memory")
+    if memory_swap is not None:
+        swap = -1 if str(memory_swap).strip() == "-1" else parse_size(memory_swap, "--memory-swap")
+        if "memory" not in r:
+            _fail("--memory-swap: needs --memory too (it is the total of memory and swap)")
+        if swap != -1 and swap < r["memory"]:
+            _fail(f"--memory-swap {memory_swap}: must be at least --memory (it is memory plus swap)")
+        if swap != r["memory"] and not swap_accounting():
+            _fail("--memory-swap: this kernel has no swap accounting (no memory.memsw.* in the "
+                  "cgroup v1 memory controller)")
+        r["memory_swap"] = swap
+    if cpus is not None:
+        try:
+            n = float(str(cpus).strip())
+        except ValueError:
+            _fail(f"--cpus {cpus!r}: not a number")
+        ncpu = os.cpu_count() or 1
+        if not 0.01 <= n <= ncpu:
+            _fail(f"--cpus {cpus}: the range of CPUs is from 0.01 to {ncpu:.2f}, as there are "
+                  f"only {ncpu} CPUs available")
+        if cpu_period is not None or cpu_quota is not None:
+            _fail("--cpus: conflicts with --cpu-period and --cpu-quota")
+        r["cpu_period"], r["cpu_quota"] = 100000, int(round(n * 100000))
+    if cpu_period is not None:
+        r["cpu_period"] = _int(cpu_period, "--cpu-period", 1000, 1000000)
+    if cpu_quota is not None:
+        q = _int(cpu_quota, "--cpu-quota", -1)
+        if 0 <= q < 1000:
+            _fail(f"--cpu-quota {cpu_quota}: must be at least 1000 (microseconds)")
+        r["cpu_quota"] = q
+    if cpu_shares is not None:
+        n = _int(cpu_shares, "--cpu-shares", 0, 262144)
+        if n:
+            if n < 2:
+                _fail(f"--cpu-shares {cpu_shares}: must be in 2..262144")
+            r["cpu_shares"] = n
+    for key, val in (("cpuset_cpus", cpuset_cpus), ("cpuset_mems", cpuset_mems)):
+        if val is not None:
+            if not _CPUSET.match(str(val)):
+                _fail(f"--{key.replace('_', '-')} {val!r}: expected a list like 0-2,4")
+            r[key] = str(val)
+    if pids_limit is not None:
+        n = _int(pids_limit, "--pids-limit", -1)
+        if n > 0:
+            r["pids_limit"] = n
+    return r
+
+
+def parse_ulimit(item: str) -> dict:
+    """--ulimit NAME=SOFT[:HARD] (-1 for unlimited)."""
+    where = f"--ulimit {item}"
+    name, sep, value = str(item).partition("=")
+    if not sep or name.lower() not in RLIMITS:
+        _fail(f"{where}: expected NAME=SOFT[:HARD] with NAME one of {', '.join(RLIMITS)}")
+    soft_s, _, hard_s = value.partition(":")
+    hard_s = hard_s or soft_s
+
+    def one(s):
+        if s.strip() in ("-1", "unlimited"):
+            return UNLIMITED
+        return _int(s, where, 0)
+
+    soft, hard = one(soft_s), one(hard_s)
+    if soft > hard:
+        _fail(f"{where}: soft limit {soft} is above the hard limit {hard}")
+    return {"type": "RLIMIT_" + name.upper(), "soft": soft, "hard": hard}
+
+
+def parse_sysctl(item: str, network: str = "none") -> tuple[str, str]:
+    where = f"--sysctl {item}"
+    key, sep, value = str(item).partition("=")
+    key = key.strip().replace("/", ".")
+    if not sep or not key:
+        _fail(f"{where}: expected KEY=VALUE")
+    if key.startswith("net."):
+        if network == "host":
+            _fail(f"{where}: net.* sysctls cannot be set with --network host")
+    elif not (key in SYSCTL_KERNEL or key.startswith("fs.mqueue.")):
+        _fail(f"{where}: not a namespaced sysctl (kernel.msg*, kernel.sem, kernel.shm*, "
+              "fs.mqueue.*, net.*)")
+    return key, value
+
+
+def find_init(path: str | None = None) -> str:
+    """The init binary for --init: --init-path, else catatonit, else tini-static."""
+    candidates = [path] if path else INIT_CANDIDATES
+    for p in candidates:
+        if p and os.path.isfile(p) and os.access(p, os.X_OK):
+            return os.path.abspath(p)
+    if path:
+        _fail(f"--init-path {path}: no such executable file")
+    _fail("--init: no catatonit or tini found (install catatonit, or give --init-path)")
+
+
+# -- parse: every flag, checked ----------------------------------------------------------------------
+
+def parse(*, cap_add=(), cap_drop=(), privileged=False, security_opt=(), read_only=False,
+          read_only_tmpfs=True, memory=None, memory_swap=None, memory_reservation=None, cpus=None,
+          cpu_shares=None, cpu_period=None, cpu_quota=None, cpuset_cpus=None, cpuset_mems=None,
+          pids_limit=None, ulimits=(), sysctls=(), volumes=(), tmpfs=(), mounts=(), init=False,
+          init_path=None, network="none") -> dict:
+    """All the options, checked, as JSON data for apply(); EngineError on the first bad one."""
+    sec = parse_security_opts(security_opt)
+    run = {
+        "cap_add": [normalize_cap(c, "--cap-add") for c in cap_add or ()],
+        "cap_drop": [normalize_cap(c, "--cap-drop") for c in cap_drop or ()],
+        "privileged": bool(privileged),
+        "security_opt": [str(s) for s in security_opt or ()],
+        "seccomp": sec["seccomp"], "no_new_privileges": sec["no_new_privileges"],
+        "mask": sec["mask"], "unmask": sec["unmask"],
+        "read_only": bool(read_only), "read_only_tmpfs": bool(read_only_tmpfs),
+        "resources": parse_resources(memory, memory_swap, memory_reservation, cpus, cpu_shares,
+                                     cpu_period, cpu_quota, cpuset_cpus, cpuset_mems, pids_limit),
+        "ulimits": [], "sysctls": {}, "mounts": [], "init": bool(init or init_path),
+        "init_path": None,
+    }
+    seen = {}
+    for u in ulimits or ():
+        lim = parse_ulimit(u)
+        seen[lim["type"]] = lim
+    run["ulimits"] = list(seen.values())
+    for s in sysctls or ():
+        k, v = parse_sysctl(s, network)
+        run["sysctls"][k] = v
+    mounts_ = [parse_volume(v) for v in volumes or ()] + [parse_tmpfs(t) for t in tmpfs or ()] + \
+              [parse_mount(m) for m in mounts or ()]
+    dests = set()
+    for m in mounts_:
+        if m["destination"] in dests:
+            _fail(f"duplicate mount destination {m['destination']}")
+        dests.add(m["destination"])
+    run["mounts"] = mounts_
+    if run["init"]:
+        run["init_path"] = find_init(init_path)
+        if INIT_PATH in dests:
+            _fail(f"--init: {INIT_PATH} is already a mount destination")
+    return run
+
+
+# -- apply: the spec ---------------------------------------------------------------------------------
+
+def all_capabilities() -> list[str]:
+    """Every capability keel itself may hand on: its own bounding set (as podman's ALL and
+    --privileged), which can be smaller than what the kernel knows."""
+    from keel.kernel.caps import CAPS, last_cap
+
+    bnd = (1 << (last_cap() + 1)) - 1
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapBnd:"):
+                bnd = int(line.split()[1], 16)
+    return [c for i, c in enumerate(CAPS) if i <= last_cap() and bnd >> i & 1]
+
+
+def capabilities(run: dict) -> list[str]:
+    """Docker's rules: --cap-add ALL starts from every capability, --cap-drop ALL from none;
+    then the named drops, then the named adds."""
+    every = all_capabilities()
+    if run.get("privileged"):
+        return every
+    add, drop = run.get("cap_add") or [], run.get("cap_drop") or []
+    if "ALL" in add:
+        caps = list(every)
+    elif "ALL" in drop:
+        caps = []
+    else:
+        caps = list(DOCKER_CAPS)
+    caps = [c for c in caps if c not in drop]
+    for c in add:
+        if c != "ALL" and c not in caps and (c not in drop or "ALL" in drop):
+            caps.append(c)
+    return caps
+
+
+def _host_devices():
+    """The host's /dev char and block devices (--privileged), as runc's HostDevices finds
+    them; the container's own /dev/pts, /dev/shm, /dev/mqueue and the default devices are
+    left to the runtime."""
+    skip_dirs = {"pts", "shm", "mqueue", "fd", ".lxc", ".lxd-mounts", ".udev"}
+    defaults = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+                "/dev/console", "/dev/ptmx"}
+    out = []
+    for dirpath, dirs, files in os.walk("/dev"):
+        dirs[:] = [d for d in dirs if not (dirpath == "/dev" and d in skip_dirs)]
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if path in defaults or not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                continue
+            out.append({"path": path, "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
+                        "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                        "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid})
+    return out
+
+
+def _depth(path):
+    return len([p for p in path.split("/") if p])
+
+
+def apply(spec: dict, run: dict, *, volumes=None, rootfs: str | None = None,
+          network: str = "none") -> list[str]:
+    """Edit `spec` (from keel.image.bundle) for the parsed options; make the volumes the
+    mounts need (under `volumes`, a keel.engine.volumes.Volumes) and copy the image's content
+    into new ones. Returns the names of volumes made now; removes them again on failure."""
+    made = []
+    try:
+        _apply(spec, run, volumes, rootfs, network, made)
+    except BaseException:
+        if made and volumes is not None:
+            with volumes.lock():
+                for name in made:
+                    if volumes.exists(name):
+                        volumes.remove_unlocked(name)
+        raise
+    return made
+
+
+def _apply(spec, run, vols, rootfs, network, made):
+    proc = spec.setdefault("process", {})
+    linux = spec.setdefault("linux", {})
+    priv = bool(run.get("privileged"))
+
+    caps = capabilities(run)
+    proc["capabilities"] = {"bounding": list(caps), "effective": list(caps), "permitted": list(caps)}
+    proc["noNewPrivileges"] = bool(run.get("no_new_privileges"))
+
+    sec = run.get("seccomp")
+    if priv or sec == "unconfined":
+        linux.pop("seccomp", None)
+    else:
+        from keel.engine import seccomp_default
+
+        prof = sec["profile"] if isinstance(sec, dict) else seccomp_default.profile()
+        linux["seccomp"] = seccomp_for(prof, caps)
+
+    unmask = run.get("unmask") or []
+    if priv or "ALL" in unmask:
+        masked, readonly = [], []
+    else:
+        masked = [p for p in MASKED_PATHS if p not in unmask]
+        readonly = [p for p in READONLY_PATHS if p not in unmask]
+    masked += [p for p in run.get("mask") or [] if p not in masked]
+    linux["maskedPaths"], linux["readonlyPaths"] = masked, readonly
+
+    mounts = list(spec.get("mounts") or [])
+    if priv:
+        for m in mounts:
+            if m["type"] in ("sysfs", "cgroup"):
+                m["options"] = [o for o in m.get("options", []) if o != "ro"] + ["rw"]
+        linux["devices"] = _host_devices()
+        linux.setdefault("resources", {})["devices"] = [{"allow": True, "access": "rwm"}]
+
+    spec.setdefault("root", {})["readonly"] = bool(run.get("read_only"))
+    extra = []
+    user_dests = {m["destination"] for m in run.get("mounts") or []}
+    if run.get("read_only") and run.get("read_only_tmpfs", True):
+        for d in READ_ONLY_TMPFS:
+            if d not in user_dests:
+                extra.append({"destination": d, "type": "tmpfs", "source": "tmpfs",
+                              "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]})
+
+    res = run.get("resources") or {}
+    if res:
+        _resources(linux.setdefault("resources", {}), res)
+
+    if run.get("ulimits"):
+        types = {u["type"] for u in run["ulimits"]}
+        proc["rlimits"] = [r for r in proc.get("rlimits") or [] if r["type"] not in types] + \
+            [dict(u) for u in run["ulimits"]]
+    if run.get("sysctls"):
+        for k in run["sysctls"]:
+            if k.startswith("net.") and network == "host":
+                _fail(f"--sysctl {k}: net.* sysctls cannot be set with --network host")
+        linux["sysctl"] = dict(run["sysctls"])
+
+    for m in run.get("mounts") or []:
+        if m["type"] == "bind":
+            extra.append({"destination": m["destination"], "type": "bind", "source": m["source"],
+                          "options": list(m["options"])})
+        elif m["type"] == "tmpfs":
+            extra.append({"destination": m["destination"], "type": "tmpfs", "source": "tmpfs",
+                          "options": list(m["options"])})
+        elif m["type"] == "volume":
+            if vols is None:
+                _fail("volumes need the engine's volume store")
+            rec, new = vols.ensure(m["name"], anonymous=m.get("anonymous", False))
+            if new:
+                made.append(m["name"])
+            if rootfs and not m.get("nocopy"):
+                vols.copy_up(m["name"], rootfs, m["destination"])
+            extra.append({"destination": m["destination"], "type": "bind",
+                          "source": vols.data(m["name"]), "options": list(m["options"])})
+
+    if run.get("init"):
+        extra.append({"destination": INIT_PATH, "type": "bind", "source": run["init_path"],
+                      "options": ["bind", "ro", "nosuid", "nodev", "rprivate"]})
+        proc["args"] = [INIT_PATH, "--"] + list(proc.get("args") or [])
+
+    if extra:
+        dests = {m["destination"] for m in extra}
+        # a user mount replaces a default one at the same place; parents mount before children
+        mounts = [m for m in mounts if m["destination"] not in dests]
+        mounts += sorted(extra, key=lambda m: _depth(m["destination"]))
+    spec["mounts"] = mounts
+
+
+def _resources(r, res):
+    if "memory" in res or "memory_reservation" in res:
+        mem = r.setdefault("memory", {})
+        if "memory" in res:
+            mem["limit"] = res["memory"]
+            if "memory_swap" in res:
+                mem["swap"] = res["memory_swap"]
+            elif swap_accounting():
+                mem["swap"] = 2 * res["memory"]   # docker and podman: as much swap as memory
+        if "memory_reservation" in res:
+            mem["reservation"] = res["memory_reservation"]
+    cpu = {}
+    for key, oci in (("cpu_shares", "shares"), ("cpu_quota", "quota"), ("cpu_period", "period"),
+                     ("cpuset_cpus", "cpus"), ("cpuset_mems", "mems")):
+        if key in res:
+            cpu[oci] = res[key]
+    if cpu:
+        r.setdefault("cpu", {}).update(cpu)
+    if "pids_limit" in res:
+        r["pids"] = {"limit": res["pids_limit"]}
+
+
+# -- what inspect shows ------------------------------------------------------------------------------
+
+def inspect_host_config(run: dict | None) -> dict:
+    """The HostConfig fields of podman's inspect that these options fill."""
+    run = run or {}
+    res = run.get("resources") or {}
+    binds = []
+    for m in run.get("mounts") or []:
+        if m["type"] in ("bind", "volume") and not m.get("anonymous"):
+            src = m["source"] if m["type"] == "bind" else m["name"]
+            binds.append(f"{src}:{m['destination']}:{','.join(o for o in m['options'] if o not in ('rbind', 'bind'))}")
+    return {
+        "Binds": binds,
+        "CapAdd": list(run.get("cap_add") or []),
+        "CapDrop": list(run.get("cap_drop") or []),
+        "Privileged": bool(run.get("privileged")),
+        "ReadonlyRootfs": bool(run.get("read_only")),
+        "SecurityOpt": list(run.get("security_opt") or []),
+        "Memory": res.get("memory", 0),
+        "MemorySwap": res.get("memory_swap", 0),
+        "MemoryReservation": res.get("memory_reservation", 0),
+        "NanoCpus": int(res["cpu_quota"] * 1e9 / res["cpu_period"]) if "cpu_quota" in res and res.get("cpu_period") else 0,
+        "CpuShares": res.get("cpu_shares", 0),
+        "CpuPeriod": res.get("cpu_period", 0),
+        "CpuQuota": res.get("cpu_quota", 0),
+        "CpusetCpus": res.get("cpuset_cpus", ""),
+        "CpusetMems": res.get("cpuset_mems", ""),
+        "PidsLimit": res.get("pids_limit", 0),
+        "Ulimits": [{"Name": u["type"], "Soft": u["soft"], "Hard": u["hard"]} for u in run.get("ulimits") or []],
+        "Sysctls": dict(run.get("sysctls") or {}),
+        "Tmpfs": {m["destination"]: ",".join(m["options"]) for m in run.get("mounts") or [] if m["type"] == "tmpfs"},
+        "Init": bool(run.get("init")),
+    }
+
+
+def inspect_mounts(run: dict | None, volumes_dir: str) -> list[dict]:
+    """podman's inspect "Mounts" list."""
+    out = []
+    for m in (run or {}).get("mounts") or []:
+        if m["type"] == "tmpfs":
+            continue
+        rw = m.get("mode") != "ro"
+        prop = next((o for o in m["options"] if o in PROPAGATION), "rprivate")
+        e = {"Type": m["type"], "Destination": m["destination"], "Driver": "", "Mode": "",
+             "Options": [o for o in m["options"] if o in ("rbind", "bind", "nosuid", "nodev", "noexec")],
+             "RW": rw, "Propagation": prop}
+        if m["type"] == "volume":
+            e.update(Name=m["name"], Source=os.path.join(volumes_dir, m["name"], "_data"), Driver="local")
+        else:
+            e["Source"] = m["source"]
+        out.append(e)
+    return out

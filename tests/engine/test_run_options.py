@@ -1,0 +1,274 @@
+"""Security, resource and init options of keel.engine (specgen) on real runtimes: what the
+process inside the container sees, and what the host's cgroups hold."""
+
+import json
+import os
+import time
+
+import pytest
+
+from engine_helpers import RUNTIMES
+from keel.engine import Engine, specgen
+from keel.engine.errors import EngineError
+from keel.kernel.caps import CAP_NUMBERS
+
+IMAGE = "localhost/busybox:latest"
+DOCKER_CAPEFF = 0x00000000a80425fb      # Docker's 14 default capabilities
+ALL_CAPS = sum(1 << CAP_NUMBERS[c] for c in specgen.all_capabilities())   # keel's bounding set
+
+
+@pytest.fixture
+def engine(roots):
+    e = Engine(*roots)
+    yield e
+    for c in e.containers():
+        e.remove(c["id"], force=True, volumes=True)
+    e.close()
+
+
+def run(engine, cmd, runtime, **opts):
+    """Run `cmd` to its end; (exit code, stdout + stderr text)."""
+    from keel.engine import logs
+
+    c = engine.create(IMAGE, cmd, runtime=runtime, run_options=specgen.parse(**opts))
+    engine.start(c["id"])
+    code = engine.wait(c["id"])
+    entries, _ = logs.read_entries(c["log_path"])
+    engine.remove(c["id"], volumes=True)
+    return code, "".join(e.message.decode() + ("" if e.partial else "\n") for e in entries)
+
+
+def status_field(out, field):
+    for line in out.splitlines():
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"{field} not in {out!r}")
+
+
+STATUS = ["cat", "/proc/self/status"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_defaults_are_dockers(engine, runtime):
+    code, out = run(engine, STATUS, runtime)
+    assert code == 0, out
+    assert int(status_field(out, "CapEff"), 16) == DOCKER_CAPEFF
+    assert int(status_field(out, "CapBnd"), 16) == DOCKER_CAPEFF
+    assert status_field(out, "NoNewPrivs") == "0"
+    assert status_field(out, "Seccomp") == "2"
+    # masked and read-only paths as Docker's: timer_list reads empty (/dev/null over it),
+    # /sys/firmware is an empty dir, /proc/sys is read-only
+    code, out = run(engine, ["sh", "-c", "wc -c < /proc/timer_list; ls /sys/firmware | wc -l; "
+                             "echo 1 > /proc/sys/kernel/domainname && echo WROTE; "
+                             "grep ' /proc/sys ' /proc/self/mountinfo"], runtime)
+    lines = out.splitlines()
+    assert lines[0].strip() == "0" and lines[1].strip() == "0", out
+    assert "WROTE" not in out and " ro," in out, out
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_cap_add_and_drop(engine, runtime):
+    code, out = run(engine, STATUS, runtime, cap_drop=["ALL"], cap_add=["net_admin", "CAP_SYS_TIME"])
+    assert code == 0, out
+    assert int(status_field(out, "CapEff"), 16) == (1 << 12) | (1 << 25)
+    code, out = run(engine, STATUS, runtime, cap_drop=["chown", "CAP_NET_RAW"])
+    assert int(status_field(out, "CapEff"), 16) == DOCKER_CAPEFF & ~1 & ~(1 << 13)
+    code, out = run(engine, STATUS, runtime, cap_add=["ALL"], cap_drop=["SYS_ADMIN"])
+    assert int(status_field(out, "CapEff"), 16) == ALL_CAPS & ~(1 << 21)
+    # without CAP_CHOWN, chown fails even for root
+    code, out = run(engine, ["chown", "1:1", "/tmp"], runtime, cap_drop=["CHOWN"])
+    assert code != 0 and "Operation not permitted" in out, out
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_privileged(engine, runtime):
+    dev = next(d for d in ("/dev/loop-control", "/dev/kvm", "/dev/net/tun", "/dev/fuse") if os.path.exists(d))
+    code, out = run(engine, ["sh", "-c", f"cat /proc/self/status; ls {dev}; wc -c < /proc/timer_list | "
+                             "sed 's/^/timers=/'; grep ' /sys ' /proc/self/mountinfo"], runtime,
+                    privileged=True)
+    assert code == 0, out
+    assert int(status_field(out, "CapEff"), 16) == ALL_CAPS
+    assert status_field(out, "Seccomp") == "0"
+    assert dev in out and "timers=0" not in out
+    assert " rw," in [ln for ln in out.splitlines() if " /sys " in ln][0]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_default_seccomp_blocks_and_unconfined_allows(engine, runtime):
+    # a user namespace needs no capability: only the seccomp profile refuses it
+    code, out = run(engine, ["unshare", "-U", "true"], runtime)
+    assert code != 0 and "Operation not permitted" in out, out
+    code, out = run(engine, ["sh", "-c", "cat /proc/self/status; unshare -U true && echo USERNS"],
+                    runtime, security_opt=["seccomp=unconfined"])
+    assert status_field(out, "Seccomp") == "0" and "USERNS" in out, out
+    # with CAP_SYS_ADMIN Docker's profile lets mount through: so does keel's
+    code, out = run(engine, ["sh", "-c", "mkdir -p /tmp/m; mount -t tmpfs none /tmp/m && echo MOUNTED"], runtime,
+                    cap_add=["SYS_ADMIN"])
+    assert "MOUNTED" in out, out
+    code, out = run(engine, ["sh", "-c", "mkdir -p /tmp/m; mount -t tmpfs none /tmp/m && echo MOUNTED"], runtime)
+    assert "MOUNTED" not in out, out
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_seccomp_profile_file(engine, runtime, tmp_path):
+    prof = {"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(prof))
+    code, out = run(engine, ["mkdir", "/tmp/x"], runtime, security_opt=[f"seccomp={path}"])
+    assert code != 0 and "Permission denied" in out, out
+    # Docker's format: includes/excludes by capability
+    prof = {"defaultAction": "SCMP_ACT_ALLOW", "archMap": [
+        {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                      "excludes": {"caps": ["CAP_SYS_ADMIN"]}}]}
+    path.write_text(json.dumps(prof))
+    code, out = run(engine, ["mkdir", "/tmp/x"], runtime, security_opt=[f"seccomp={path}"])
+    assert code != 0 and "Operation not permitted" in out, out
+    code, out = run(engine, ["mkdir", "/tmp/x"], runtime, security_opt=[f"seccomp={path}"],
+                    cap_add=["SYS_ADMIN"])
+    assert code == 0, out
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_no_new_privileges(engine, runtime):
+    code, out = run(engine, STATUS, runtime, security_opt=["no-new-privileges"])
+    assert status_field(out, "NoNewPrivs") == "1" and status_field(out, "Seccomp") == "2"
+    code, out = run(engine, STATUS, runtime, security_opt=["no-new-privileges=false"])
+    assert status_field(out, "NoNewPrivs") == "0"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_read_only_root(engine, runtime):
+    code, out = run(engine, ["sh", "-c", "touch /etc/x || echo REFUSED; touch /tmp/x /run/x /var/tmp/x "
+                             "&& echo TMP-OK"], runtime, read_only=True)
+    assert "REFUSED" in out and "Read-only file system" in out and "TMP-OK" in out, out
+    code, out = run(engine, ["sh", "-c", "touch /tmp/x || echo REFUSED"], runtime, read_only=True,
+                    read_only_tmpfs=False)
+    assert "REFUSED" in out, out
+
+
+def _cgroup_file(engine, cid, controller, name):
+    return os.path.join("/sys/fs/cgroup", controller, engine.cgroup_parent.lstrip("/"), cid, name)
+
+
+def _read_while_running(engine, runtime, files, **opts):
+    c = engine.create(IMAGE, ["sleep", "30"], runtime=runtime, run_options=specgen.parse(**opts))
+    engine.start(c["id"])
+    try:
+        out = {}
+        for controller, name in files:
+            path = _cgroup_file(engine, c["id"], controller, name)
+            if not os.path.exists(path):   # pure cgroup v2 hosts
+                path = os.path.join("/sys/fs/cgroup", engine.cgroup_parent.lstrip("/"), c["id"], name)
+            with open(path) as f:
+                out[name] = f.read().strip()
+        return out
+    finally:
+        engine.remove(c["id"], force=True)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_memory_limit_and_oom_kill(engine, runtime):
+    got = _read_while_running(engine, runtime, [("memory", "memory.limit_in_bytes")], memory="32m")
+    assert int(got["memory.limit_in_bytes"]) == 32 << 20
+    # a 64 MiB buffer does not fit in 24 MiB: the kernel's OOM killer ends it (128 + 9)
+    code, out = run(engine, ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], runtime,
+                    memory="24m", memory_swap="24m")
+    assert code == 137, out
+    code, out = run(engine, ["dd", "if=/dev/zero", "of=/dev/null", "bs=8M", "count=1"], runtime,
+                    memory="24m")
+    assert code == 0, out
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_cpu_and_pids_limits(engine, runtime):
+    got = _read_while_running(engine, runtime, [("cpu", "cpu.cfs_quota_us"), ("cpu", "cpu.cfs_period_us"),
+                                                ("cpu", "cpu.shares"), ("pids", "pids.max")],
+                              cpus="0.5", cpu_shares="512", pids_limit="40")
+    assert got == {"cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000", "cpu.shares": "512",
+                   "pids.max": "40"}
+    # a fork loop stops at the limit instead of filling the machine
+    code, out = run(engine, ["sh", "-c", "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; "
+                             "echo STARTED-ALL"], runtime, pids_limit="20")
+    assert "STARTED-ALL" not in out and "fork" in out.lower(), out
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_ulimit_and_sysctl(engine, runtime):
+    code, out = run(engine, ["sh", "-c", "ulimit -n; ulimit -Hn; cat /proc/sys/kernel/shmmax"], runtime,
+                    ulimits=["nofile=512:1024"], sysctls=["kernel.shmmax=123456789"])
+    assert code == 0 and out.split() == ["512", "1024", "123456789"], out
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_init_is_pid_1_and_forwards_signals(engine, runtime):
+    from keel.engine import logs
+
+    code, out = run(engine, ["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; echo ppid=$PPID"],
+                    runtime, init=True)
+    assert code == 0, out
+    first = out.splitlines()[0].split()
+    assert first[0] == specgen.INIT_PATH and first[1:4] == ["--", "sh", "-c"], out
+    assert "ppid=1" in out
+    c = engine.create(IMAGE, ["sh", "-c", "trap 'echo got-term; exit 7' TERM; echo ready; "
+                              "while :; do sleep 0.1; done"], runtime=runtime,
+                      run_options=specgen.parse(init=True))
+    engine.start(c["id"])
+    deadline = time.monotonic() + 10
+    while b"ready" not in b"".join(e.message for e in logs.read_entries(c["log_path"])[0]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    engine.stop(c["id"], timeout=10)
+    assert engine.get(c["id"])["exit_code"] == 7
+    assert b"got-term" in b"".join(e.message for e in logs.read_entries(c["log_path"])[0])
+
+
+BAD = [
+    ({"cap_add": ["CAP_NOPE"]}, "unknown capability CAP_NOPE"),
+    ({"cap_drop": ["bogus"]}, "unknown capability CAP_BOGUS"),
+    ({"security_opt": ["seccomp=/no/such/profile.json"]}, "no such file"),
+    ({"security_opt": ["seccomp"]}, "give a profile file or unconfined"),
+    ({"security_opt": ["no-new-privileges=maybe"]}, "not true or false"),
+    ({"security_opt": ["apparmor=x"]}, "unknown security option"),
+    ({"memory": "lots"}, "invalid size"),
+    ({"memory": "1k"}, "minimum memory limit"),
+    ({"memory_swap": "1g"}, "needs --memory"),
+    ({"memory": "64m", "memory_swap": "32m"}, "at least --memory"),
+    ({"cpus": "0"}, "range of CPUs"),
+    ({"cpus": "many"}, "not a number"),
+    ({"cpu_shares": "1"}, "2..262144"),
+    ({"pids_limit": "x"}, "not a whole number"),
+    ({"ulimits": ["nofile=10:5"]}, "above the hard limit"),
+    ({"ulimits": ["bogus=1"]}, "expected NAME=SOFT"),
+    ({"sysctls": ["kernel.panic=1"]}, "not a namespaced sysctl"),
+    ({"init_path": "/no/such/init"}, "no such executable"),
+]
+
+
+@pytest.mark.parametrize("opts,message", BAD, ids=[m for _, m in BAD])
+def test_bad_values_are_refused_before_anything_exists(engine, opts, message):
+    with pytest.raises(EngineError, match=message):
+        specgen.parse(**opts)
+
+
+def test_bad_seccomp_file_is_refused(engine, tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(EngineError, match="not a JSON seccomp profile"):
+        specgen.parse(security_opt=[f"seccomp={path}"])
+    path.write_text(json.dumps({"defaultAction": "SCMP_ACT_NOPE"}))
+    with pytest.raises(EngineError, match="defaultAction"):
+        specgen.parse(security_opt=[f"seccomp={path}"])
+
+
+def test_failure_in_apply_leaves_no_container_snapshot_or_volume(engine, tmp_path):
+    run_options = specgen.parse(volumes=["fresh:/data", "/anon"])
+    # a record damaged after the checks: apply fails after making two volumes, and undoes them
+    run_options["mounts"].append({"type": "volume", "name": "-bad-", "destination": "/x",
+                                  "options": [], "mode": "rw"})
+    with pytest.raises(EngineError):
+        engine.create(IMAGE, ["true"], run_options=run_options)
+    assert engine.containers() == [] and engine.snapshotter.snapshots() == []
+    assert engine.volumes.all() == []
+    assert os.listdir(os.path.join(engine.runroot, "containers")) == []
