@@ -196,18 +196,22 @@ def test_cpu_and_pids_limits(engine, runtime):
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_ulimit_and_sysctl(engine, runtime):
-    code, out = run(engine, ["sh", "-c", "ulimit -n; ulimit -Hn; cat /proc/sys/kernel/shmmax"], runtime,
-                    ulimits=["nofile=512:1024"], sysctls=["kernel.shmmax=123456789"])
-    assert code == 0 and out.split() == ["512", "1024", "123456789"], out
+    code, out = run(engine, ["sh", "-c", "ulimit -n; ulimit -Hn; cat /proc/sys/kernel/shmmax "
+                             "/proc/sys/net/ipv4/ip_unprivileged_port_start"], runtime,
+                    ulimits=["nofile=512:1024"],
+                    sysctls=["kernel.shmmax=123456789", "net.ipv4.ip_unprivileged_port_start=80"])
+    assert code == 0 and out.split() == ["512", "1024", "123456789", "80"], out
+    with pytest.raises(EngineError, match="cannot be set with --network host"):
+        specgen.parse(sysctls=["net.ipv4.ip_forward=1"], network="host")
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_init_is_pid_1_and_forwards_signals(engine, runtime):
     from keel.engine import logs
 
-    code, out = run(engine, ["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; echo ppid=$PPID"],
-                    runtime, init=True)
-    assert code == 0, out
+    code, out = run(engine, ["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; echo ppid=$PPID; "
+                             "/run/keel-init --version"], runtime, init=True)
+    assert code == 0 and "catatonit" in out, out
     first = out.splitlines()[0].split()
     assert first[0] == specgen.INIT_PATH and first[1:4] == ["--", "sh", "-c"], out
     assert "ppid=1" in out
@@ -272,3 +276,41 @@ def test_failure_in_apply_leaves_no_container_snapshot_or_volume(engine, tmp_pat
     assert engine.containers() == [] and engine.snapshotter.snapshots() == []
     assert engine.volumes.all() == []
     assert os.listdir(os.path.join(engine.runroot, "containers")) == []
+
+
+def _image_with_volume(tmp_path, busybox_tar, root):
+    """busybox plus /data/seed.txt, with VOLUME /data and VOLUME /cache."""
+    import importlib.util
+
+    from keel.image import archive
+    from keel.image.store import Store
+
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "image", "conftest.py")
+    spec = importlib.util.spec_from_file_location("image_conftest_for_run_options", here)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with open(busybox_tar, "rb") as f:
+        layers = [f.read(), mod.tar_of_files({"data/seed.txt": b"seed\n"})]
+    cfg = {"config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Volumes": {"/data": {}, "/cache": {}}}}
+    layout = str(tmp_path / "vol-image")
+    mod.build_oci_layout(layout, layers=layers, config=cfg)
+    with Store(root) as s:
+        archive.import_oci_layout(s, layout, name="localhost/withvol:1")
+    return "localhost/withvol:1"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_image_volumes_become_anonymous_volumes(engine, runtime, tmp_path, busybox_tar):
+    from keel.engine import logs
+
+    image = _image_with_volume(tmp_path, busybox_tar, engine.root)
+    c = engine.create(image, ["sh", "-c", "cat /data/seed.txt; grep -E ' /(data|cache) ' /proc/mounts | wc -l"],
+                      runtime=runtime, run_options=specgen.parse(volumes=["keep:/cache"]))
+    anon = [m["name"] for m in c["options"]["run"]["mounts"] if m.get("anonymous")]
+    assert len(anon) == 1 and sorted(v["Name"] for v in engine.volumes.all()) == sorted(anon + ["keep"])
+    engine.start(c["id"])
+    assert engine.wait(c["id"]) == 0
+    entries, _ = logs.read_entries(c["log_path"])
+    assert [e.message for e in entries] == [b"seed", b"2"]
+    engine.remove(c["id"], volumes=True)
+    assert [v["Name"] for v in engine.volumes.all()] == ["keep"]

@@ -221,7 +221,8 @@ class Engine:
                    "workdir": workdir, "user": user, "hostname": hostname, "network": network,
                    "remove": bool(remove), "stop_signal": stop_sig,
                    "stop_timeout": DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout,
-                   "run": run_options if run_options is not None else specgen.parse(network=network)}
+                   "run": specgen.add_image_volumes(
+                       run_options if run_options is not None else specgen.parse(network=network), img_cfg)}
         rec = {"id": cid, "name": name, "image_id": img.id.partition(":")[2], "image_name": image,
                "config": {}, "options": options, "labels": all_labels, "runtime": runtime_path,
                "state": "configured", "created": time.time(),

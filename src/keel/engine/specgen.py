@@ -568,6 +568,28 @@ def parse(*, cap_add=(), cap_drop=(), privileged=False, security_opt=(), read_on
     return run
 
 
+def add_image_volumes(run: dict, image_config: dict) -> dict:
+    """An anonymous volume for each VOLUME of the image that no mount of the user covers
+    (docker's and podman's default); pure, so the names are known before anything is made."""
+    vols = image_config.get("Volumes") or {}
+    if not isinstance(vols, dict):
+        _fail("image config.Volumes: expected an object")
+    run = dict(run, mounts=list(run.get("mounts") or []))
+    dests = {m["destination"] for m in run["mounts"]}
+    for path in sorted(vols):
+        dest = os.path.normpath(path) if isinstance(path, str) and path.startswith("/") else None
+        if dest is None or dest == "/" or ".." in path.split("/"):
+            _fail(f"image config.Volumes: {path!r} is not an absolute path below /")
+        if dest in dests:
+            continue
+        dests.add(dest)
+        run["mounts"].append(
+            {"type": "volume", "name": os.urandom(32).hex(), "anonymous": True, "image": True,
+             "destination": dest, "mode": "rw", "options": ["rbind", "rw", "rprivate", "nosuid", "nodev"],
+             "nocopy": False})
+    return run
+
+
 # -- apply: the spec ---------------------------------------------------------------------------------
 
 def all_capabilities() -> list[str]:
