@@ -247,6 +247,14 @@ BAD = [
     ({"ulimits": ["bogus=1"]}, "expected NAME=SOFT"),
     ({"sysctls": ["kernel.panic=1"]}, "not a namespaced sysctl"),
     ({"init_path": "/no/such/init"}, "no such executable"),
+    ({"sysctls": ["net/../../kernel/x=1"]}, "is not a sysctl name"),
+    ({"memory": "99999999p"}, "too large"),
+    ({"pids_limit": str(1 << 70)}, "too large"),
+    ({"security_opt": ["seccomp=/dev/null"]}, "not a regular file"),
+    ({"security_opt": ["mask=/proc/../etc"]}, "without '..'"),
+    ({"volumes": ["/tmp:/a/../b"]}, "'..' is not allowed"),
+    ({"volumes": ["../name:/x"]}, "host path"),
+    ({"mounts": ["type=volume,source=../../etc,target=/x"]}, "invalid volume name"),
 ]
 
 

@@ -36,6 +36,8 @@ INIT_CANDIDATES = ("/usr/libexec/keel/catatonit", "/usr/libexec/podman/catatonit
                    "/usr/bin/catatonit", "/usr/bin/tini-static", "/usr/bin/tini")
 MIN_MEMORY = 6 << 20                               # docker refuses less
 UNLIMITED = (1 << 64) - 1
+MAX_INT64 = (1 << 63) - 1
+MAX_PROFILE = 4 << 20
 RLIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
            "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
 # Namespaced sysctls a container may set (docker's list); net.* needs its own network ns.
@@ -66,8 +68,10 @@ def parse_size(value, flag: str) -> int:
     m = _SIZE.match(str(value).strip())
     if not m:
         _fail(f"{flag} {value!r}: invalid size (a number with an optional unit b, k, m, g, t, p)")
-    n = float(m.group(1)) * (1 << (10 * " kmgtp".index((m.group(2) or " ").lower())))
-    return int(n)
+    n = int(float(m.group(1)) * (1 << (10 * " kmgtp".index((m.group(2) or " ").lower()))))
+    if n > MAX_INT64:
+        _fail(f"{flag} {value!r}: too large")
+    return n
 
 
 def normalize_cap(name: str, flag: str) -> str:
@@ -124,8 +128,8 @@ def parse_security_opts(items) -> dict:
         elif key in ("mask", "unmask") and value:
             paths = value.split(":")
             for p in paths:
-                if p != "ALL" and not p.startswith("/"):
-                    _fail(f"{where}: {p!r} is not an absolute path")
+                if p != "ALL" and (not p.startswith("/") or ".." in p.split("/")):
+                    _fail(f"{where}: {p!r} is not an absolute path without '..'")
                 if p == "ALL" and key == "mask":
                     _fail(f"{where}: ALL is only valid for unmask")
             out[key] += paths
@@ -138,8 +142,15 @@ def parse_security_opts(items) -> dict:
 
 def _load_profile(path, where):
     try:
-        with open(path) as f:
-            prof = json.load(f)
+        # O_NONBLOCK: a fifo named as the profile is refused below, not waited on
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                _fail(f"{where}: not a regular file")
+            data = f.read(MAX_PROFILE + 1)
+        if len(data) > MAX_PROFILE:
+            _fail(f"{where}: larger than {MAX_PROFILE >> 20} MiB")
+        prof = json.loads(data)
     except OSError as e:
         _fail(f"{where}: {(e.strerror or str(e)).lower()}")
     except ValueError as e:
@@ -403,6 +414,8 @@ def _int(value, flag, lo=None, hi=None):
         n = int(str(value).strip())
     except ValueError:
         _fail(f"{flag} {value!r}: not a whole number")
+    if abs(n) > MAX_INT64:
+        _fail(f"{flag} {value}: too large")
     if (lo is not None and n < lo) or (hi is not None and n > hi):
         _fail(f"{flag} {value}: must be in {lo}..{hi}" if hi is not None else f"{flag} {value}: must be at least {lo}")
     return n
@@ -503,6 +516,8 @@ def parse_sysctl(item: str, network: str = "none") -> tuple[str, str]:
     key = key.strip().replace("/", ".")
     if not sep or not key:
         _fail(f"{where}: expected KEY=VALUE")
+    if not re.fullmatch(r"[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)+", key):
+        _fail(f"{where}: {key!r} is not a sysctl name")
     if key.startswith("net."):
         if network == "host":
             _fail(f"{where}: net.* sysctls cannot be set with --network host")

@@ -260,8 +260,9 @@ def inspect_entry(eng, rec: dict) -> dict:
     out = {"Name": rec["Name"], "Driver": rec["Driver"], "Mountpoint": rec["Mountpoint"],
            "CreatedAt": rec["CreatedAt"], "Labels": rec.get("Labels") or {}, "Scope": "local",
            "Options": rec.get("Options") or {}, "MountCount": 0,
-           "NeedsCopyUp": bool(rec.get("NeedsCopyUp")), "NeedsChown": bool(rec.get("NeedsChown")),
-           "Anonymous": bool(rec.get("Anonymous"))}
+           "NeedsCopyUp": bool(rec.get("NeedsCopyUp")), "NeedsChown": bool(rec.get("NeedsChown"))}
+    if rec.get("Anonymous"):
+        out["Anonymous"] = True   # podman omits it when false
     return out
 
 
