@@ -322,3 +322,39 @@ def test_image_volumes_become_anonymous_volumes(engine, runtime, tmp_path, busyb
     assert [e.message for e in entries] == [b"seed", b"2"]
     engine.remove(c["id"], volumes=True)
     assert [v["Name"] for v in engine.volumes.all()] == ["keep"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_podmans_own_profile_file(engine, runtime):
+    """containers-common's seccomp.json (Docker's format: an allow-list with includes by
+    capability, arch and kernel version), as `podman run --security-opt seccomp=` takes it."""
+    path = "/usr/share/containers/seccomp.json"   # shipped with podman (make apt-test)
+    # it allows user namespaces (keel's default, like Docker's, does not): a filter is loaded,
+    # and it is podman's, with its per-arch entries kept (busybox-static needs arch_prctl)
+    code, out = run(engine, ["sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true && echo USERNS"],
+                    runtime, security_opt=[f"seccomp={path}"])
+    assert code == 0 and "Seccomp:\t2" in out and "USERNS" in out, out
+
+
+def _denied(profile):
+    return {n for e in profile["syscalls"] if not e.get("args") for n in e["names"]}
+
+
+def test_default_profile_follows_capabilities():
+    from keel.engine import seccomp_default
+
+    base = specgen.seccomp_for(seccomp_default.profile(), specgen.DOCKER_CAPS)
+    assert base["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert base["architectures"][0] == "SCMP_ARCH_X86_64" or os.uname().machine != "x86_64"
+    denied = _denied(base)
+    for name in ("mount", "unshare", "setns", "keyctl", "add_key", "ptrace", "bpf", "kexec_load",
+                 "init_module", "reboot", "settimeofday", "open_by_handle_at", "perf_event_open"):
+        assert name in denied, name
+    assert "restart_syscall" not in denied and "chroot" not in denied
+    clone_rules = [e for e in base["syscalls"] if e["names"] == ["clone"]]
+    assert len(clone_rules) == 7 and all(e["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" for e in clone_rules)
+    admin = specgen.seccomp_for(seccomp_default.profile(), list(specgen.DOCKER_CAPS) + ["CAP_SYS_ADMIN"])
+    assert {"mount", "unshare", "setns", "bpf"}.isdisjoint(_denied(admin)) and "keyctl" in _denied(admin)
+    assert not [e for e in admin["syscalls"] if e["names"] in (["clone"], ["clone3"])]
+    ptrace = specgen.seccomp_for(seccomp_default.profile(), ["CAP_SYS_PTRACE"])
+    assert "ptrace" not in _denied(ptrace) and "mount" in _denied(ptrace)

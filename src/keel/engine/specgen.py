@@ -183,6 +183,8 @@ def seccomp_for(profile: dict, caps) -> dict:
 
     caps = set(caps)
     arch = _native_arch()
+    # entries name arches as Go does (GOARCH), the way Docker's profiles are written
+    goarch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
     out = {k: copy.deepcopy(v) for k, v in profile.items()
            if k not in ("archMap", "syscalls", "architectures")}
     arches = list(profile.get("architectures") or [])
@@ -200,10 +202,9 @@ def seccomp_for(profile: dict, caps) -> dict:
             continue
         if exc.get("caps") and set(exc["caps"]) & caps:
             continue
-        if inc.get("arches") and arch not in inc["arches"] and \
-                not any(a.lower() in arch.lower() for a in inc["arches"]):
+        if inc.get("arches") and goarch not in inc["arches"]:
             continue
-        if exc.get("arches") and any(a.lower() in (arch or "").lower() for a in exc["arches"]):
+        if exc.get("arches") and goarch in exc["arches"]:
             continue
         if inc.get("minKernel"):
             m = re.match(r"(\d+)\.(\d+)", str(inc["minKernel"]))
