@@ -60,6 +60,16 @@ def test_read_only_and_resources_in_inspect(keel):
     keel.ok("rm", cid)
 
 
+def test_memory_limit_oom_kill_is_reported(keel):
+    r = keel.run("--name", "hog", "-m", "24m", IMAGE, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")
+    assert r.returncode == 137, r
+    state = json.loads(keel.ok("inspect", "hog"))[0]["State"]
+    assert state["OOMKilled"] is True and state["ExitCode"] == 137
+    r = keel.run("--name", "fits", "-m", "24m", IMAGE, "true")
+    assert r.returncode == 0 and json.loads(keel.ok("inspect", "fits"))[0]["State"]["OOMKilled"] is False
+    keel.ok("rm", "hog", "fits")
+
+
 def test_init_flag(keel):
     out = keel.ok("run", "--runtime", keel.runtime, "--rm", "--init", IMAGE, "sh", "-c",
                   "cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $PPID")

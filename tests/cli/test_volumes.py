@@ -88,10 +88,12 @@ def test_volume_commands(keel):
     assert [v["Name"] for v in listed] == ["data", "spare"]
     assert set(listed[0]) >= {"Name", "Driver", "Mountpoint", "CreatedAt", "Labels", "Scope", "Options"}
     assert keel.ok("volume", "ls", "-q", "--filter", "label=app=web") == "data\n"
+    assert keel("volume", "exists", "data").returncode == 0 and keel("volume", "exists", "nope").returncode == 1
     assert "DRIVER" in keel.ok("volume", "ls")
     cid = keel.ok("create", "--runtime", keel.runtime, "-v", "data:/d", IMAGE, "true").strip()
     r = keel("volume", "rm", "data")
     assert r.returncode == 125 and "being used" in r.stderr and r.stderr.count("\n") == 1
+    assert keel.ok("volume", "ls", "-q", "--filter", "dangling=true") == "spare\n"
     # prune asks first (no answer: nothing removed), then removes only unused volumes
     assert keel.ok("volume", "prune") == ""
     assert keel.ok("volume", "prune", "-f") == "spare\n"

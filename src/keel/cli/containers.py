@@ -509,7 +509,7 @@ def inspect_entry(eng, c):
             "Running": c["state"] == "running",
             "Paused": False,
             "Restarting": False,
-            "OOMKilled": False,
+            "OOMKilled": c["state"] == "exited" and os.path.exists(os.path.join(bundle, "oom")),
             "Dead": False,
             "Pid": c["pid"] if c["state"] == "running" else 0,
             "ConmonPid": c["conmon_pid"] if c["state"] in ("initialized", "running") else 0,

@@ -26,7 +26,7 @@ def register(sub):
     p.add_argument("-q", "--quiet", action="store_true", help="print only the names")
     p.add_argument("--format", help="json, or table (default)")
     p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
-                   help="name=, label=KEY[=VALUE], driver=, anonymous=true|false")
+                   help="name=, label=KEY[=VALUE], driver=, anonymous=true|false, dangling=true|false")
 
     p = add("rm", cmd_rm, "remove volumes", aliases=("remove",))
     p.add_argument("-f", "--force", action="store_true", help="remove the containers using them first")
@@ -37,6 +37,9 @@ def register(sub):
     p.add_argument("--format", help="json (default)")
     p.add_argument("-a", "--all", action="store_true", help="every volume")
     p.add_argument("names", nargs="*", metavar="VOLUME")
+
+    p = add("exists", cmd_exists, "exit 0 if the volume exists, 1 if not")
+    p.add_argument("name", metavar="VOLUME")
 
     p = add("prune", cmd_prune, "remove every volume no container uses")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
@@ -142,3 +145,13 @@ def cmd_prune(args):
     eng = _engine(args)
     for name in volumes.prune(eng, filters):
         print(name)
+
+
+def cmd_exists(args):
+    from keel.engine.volumes import VolumeNotFound
+
+    try:
+        _engine(args).volumes.get(args.name)
+    except VolumeNotFound:
+        return 1
+    return 0

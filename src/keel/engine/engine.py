@@ -303,7 +303,7 @@ class Engine:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.exit_dir, cid))
             bundle = self.bundle_dir(cid)
-            for f in ("pidfile", "conmon.pid", "oci-log"):
+            for f in ("pidfile", "conmon.pid", "oci-log", "oom"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(bundle, f))
             try:

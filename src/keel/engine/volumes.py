@@ -304,7 +304,7 @@ def prune(eng, filters: dict | None = None) -> list[str]:
         vols.sweep()
         used = {n for c in eng.db.all() for n, _ in volume_names(c)}
         for rec in vols.all():
-            if rec["Name"] in used or not _matches(rec, filters):
+            if rec["Name"] in used or not _matches(rec, filters, used):
                 continue
             vols.remove_unlocked(rec["Name"])
             removed.append(rec["Name"])
@@ -312,19 +312,24 @@ def prune(eng, filters: dict | None = None) -> list[str]:
 
 
 def parse_filters(items: list[str]) -> dict:
-    """`--filter key=value` items: label=K[=V], name=N, driver=D, anonymous=true|false."""
+    """`--filter key=value` items: label=K[=V], name=N, driver=D, anonymous=true|false,
+    dangling=true|false (used by no container)."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep or key not in ("label", "name", "driver", "anonymous"):
-            raise EngineError(f"--filter {item!r}: expected label=, name=, driver= or anonymous=")
+        if not sep or key not in ("label", "name", "driver", "anonymous", "dangling"):
+            raise EngineError(f"--filter {item!r}: expected label=, name=, driver=, anonymous= or dangling=")
+        if key in ("anonymous", "dangling") and value.lower() not in ("true", "false", "1", "0"):
+            raise EngineError(f"--filter {item!r}: {key} takes true or false")
         out.setdefault(key, []).append(value)
     return out
 
 
-def _matches(rec: dict, filters: dict | None) -> bool:
+def _matches(rec: dict, filters: dict | None, used: set | None = None) -> bool:
     for key, values in (filters or {}).items():
         for v in values:
+            if key == "dangling" and (v.lower() in ("1", "true")) == (rec["Name"] in (used or set())):
+                return False
             if key == "name" and v not in rec["Name"]:
                 return False
             if key == "driver" and v != rec["Driver"]:
@@ -340,4 +345,5 @@ def _matches(rec: dict, filters: dict | None) -> bool:
 
 
 def list_volumes(eng, filters: dict | None = None) -> list[dict]:
-    return [r for r in Volumes(eng.root).all() if _matches(r, filters)]
+    used = {n for c in eng.db.all() for n, _ in volume_names(c)} if "dangling" in (filters or {}) else None
+    return [r for r in Volumes(eng.root).all() if _matches(r, filters, used)]
