@@ -184,10 +184,11 @@ def test_memory_limit_and_oom_kill(engine, runtime):
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_cpu_and_pids_limits(engine, runtime):
     got = _read_while_running(engine, runtime, [("cpu", "cpu.cfs_quota_us"), ("cpu", "cpu.cfs_period_us"),
-                                                ("cpu", "cpu.shares"), ("pids", "pids.max")],
-                              cpus="0.5", cpu_shares="512", pids_limit="40")
+                                                ("cpu", "cpu.shares"), ("pids", "pids.max"),
+                                                ("cpuset", "cpuset.cpus")],
+                              cpus="0.5", cpu_shares="512", pids_limit="40", cpuset_cpus="0")
     assert got == {"cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000", "cpu.shares": "512",
-                   "pids.max": "40"}
+                   "pids.max": "40", "cpuset.cpus": "0"}
     # a fork loop stops at the limit instead of filling the machine
     code, out = run(engine, ["sh", "-c", "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; "
                              "echo STARTED-ALL"], runtime, pids_limit="20")
@@ -243,6 +244,9 @@ BAD = [
     ({"cpus": "many"}, "not a number"),
     ({"cpu_shares": "1"}, "2..262144"),
     ({"pids_limit": "x"}, "not a whole number"),
+    ({"cpuset_cpus": "0-4096"}, "not available"),
+    ({"cpuset_cpus": "3-1"}, "backwards"),
+    ({"cpuset_cpus": "zero"}, "expected a list"),
     ({"ulimits": ["nofile=10:5"]}, "above the hard limit"),
     ({"ulimits": ["bogus=1"]}, "expected NAME=SOFT"),
     ({"sysctls": ["kernel.panic=1"]}, "not a namespaced sysctl"),

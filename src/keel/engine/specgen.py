@@ -425,6 +425,17 @@ def _int(value, flag, lo=None, hi=None):
 _CPUSET = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*\Z")
 
 
+def _cpu_list(text, flag):
+    out = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        lo, hi = int(lo), int(hi or lo)
+        if hi < lo or hi - lo > 1 << 16:
+            _fail(f"{flag} {text}: range {part} is backwards or too large")
+        out.update(range(lo, hi + 1))
+    return out
+
+
 def swap_accounting() -> bool:
     """Whether the memory controller can limit swap: v1 memory.memsw.*, or cgroup v2."""
     if os.path.isdir("/sys/fs/cgroup/memory"):
@@ -479,10 +490,19 @@ def parse_resources(memory=None, memory_swap=None, memory_reservation=None, cpus
             if n < 2:
                 _fail(f"--cpu-shares {cpu_shares}: must be in 2..262144")
             r["cpu_shares"] = n
-    for key, val in (("cpuset_cpus", cpuset_cpus), ("cpuset_mems", cpuset_mems)):
+    for key, val, online in (("cpuset_cpus", cpuset_cpus, "/sys/devices/system/cpu/online"),
+                             ("cpuset_mems", cpuset_mems, "/sys/devices/system/node/online")):
         if val is not None:
+            flag = f"--{key.replace('_', '-')}"
             if not _CPUSET.match(str(val)):
-                _fail(f"--{key.replace('_', '-')} {val!r}: expected a list like 0-2,4")
+                _fail(f"{flag} {val!r}: expected a list like 0-2,4")
+            try:
+                with open(online) as f:
+                    have = f.read().strip()
+            except OSError:
+                have = None   # no such information here: the kernel will judge
+            if have is not None and not _cpu_list(str(val), flag) <= _cpu_list(have, flag):
+                _fail(f"{flag} {val}: not available (this host has {have})")
             r[key] = str(val)
     if pids_limit is not None:
         n = _int(pids_limit, "--pids-limit", -1)
