@@ -39,6 +39,12 @@ def test_security_opts(keel):
                   "wc -c < /proc/timer_list; wc -c < /etc/hostname")
     timers, hostname = map(int, out.split())
     assert timers > 0 and hostname == 0
+    # docker's spellings scripts pass: all accepted
+    out = keel.ok("run", "--runtime", keel.runtime, "--rm", "--security-opt", "apparmor=unconfined",
+                  "--security-opt", "seccomp:unconfined", "--security-opt", "systempaths=unconfined",
+                  "--security-opt", "label=disable", IMAGE, "sh", "-c",
+                  "grep Seccomp: /proc/self/status; wc -c < /proc/timer_list")
+    assert out.split()[1] == "0" and int(out.split()[2]) > 0, out
 
 
 def test_read_only_and_resources_in_inspect(keel):

@@ -110,8 +110,10 @@ def _abs_dest(dest, flag):
 
 def parse_security_opts(items) -> dict:
     """--security-opt values: seccomp=FILE|unconfined, no-new-privileges[=true|false],
-    mask=P1:P2, unmask=ALL|P1:P2, label=disable (accepted as podman does where SELinux is off)."""
-    out = {"seccomp": None, "no_new_privileges": False, "mask": [], "unmask": []}
+    mask=P1:P2, unmask=ALL|P1:P2, systempaths=unconfined (docker's unmask=ALL),
+    apparmor=PROFILE|unconfined (a profile only where AppArmor is enabled), label=disable
+    (accepted as podman does where SELinux is off)."""
+    out = {"seccomp": None, "no_new_privileges": False, "mask": [], "unmask": [], "apparmor": None}
     for item in items or []:
         item = str(item)
         key, sep, value = item.partition("=")
@@ -133,10 +135,20 @@ def parse_security_opts(items) -> dict:
                 if p == "ALL" and key == "mask":
                     _fail(f"{where}: ALL is only valid for unmask")
             out[key] += paths
+        elif key == "systempaths" and value == "unconfined":
+            out["unmask"].append("ALL")   # docker's spelling of unmask=ALL
+        elif key == "apparmor" and value:
+            if value != "unconfined":
+                if not os.path.exists("/sys/kernel/security/apparmor"):
+                    _fail(f"{where}: AppArmor is not enabled on this host")
+                out["apparmor"] = value
         elif key == "label" and value == "disable":
             continue   # no SELinux labelling here: disabling it is what already happens
+        elif key == "label":
+            _fail(f"{where}: SELinux labels are not supported (only label=disable)")
         else:
-            _fail(f"{where}: unknown security option (seccomp=, no-new-privileges, mask=, unmask=)")
+            _fail(f"{where}: unknown security option (seccomp=, no-new-privileges, mask=, unmask=, "
+                  "apparmor=, systempaths=unconfined, label=disable)")
     return out
 
 
@@ -574,7 +586,7 @@ def parse(*, cap_add=(), cap_drop=(), privileged=False, security_opt=(), read_on
         "privileged": bool(privileged),
         "security_opt": [str(s) for s in security_opt or ()],
         "seccomp": sec["seccomp"], "no_new_privileges": sec["no_new_privileges"],
-        "mask": sec["mask"], "unmask": sec["unmask"],
+        "mask": sec["mask"], "unmask": sec["unmask"], "apparmor": sec["apparmor"],
         "read_only": bool(read_only), "read_only_tmpfs": bool(read_only_tmpfs),
         "resources": parse_resources(memory, memory_swap, memory_reservation, cpus, cpu_shares,
                                      cpu_period, cpu_quota, cpuset_cpus, cpuset_mems, pids_limit),
@@ -715,6 +727,8 @@ def _apply(spec, run, vols, rootfs, network, made):
     caps = capabilities(run)
     proc["capabilities"] = {"bounding": list(caps), "effective": list(caps), "permitted": list(caps)}
     proc["noNewPrivileges"] = bool(run.get("no_new_privileges"))
+    if run.get("apparmor") and not priv:
+        proc["apparmorProfile"] = run["apparmor"]
 
     sec = run.get("seccomp")
     if priv or sec == "unconfined":
