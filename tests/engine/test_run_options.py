@@ -363,3 +363,17 @@ def test_default_profile_follows_capabilities():
     assert not [e for e in admin["syscalls"] if e["names"] in (["clone"], ["clone3"])]
     ptrace = specgen.seccomp_for(seccomp_default.profile(), ["CAP_SYS_PTRACE"])
     assert "ptrace" not in _denied(ptrace) and "mount" in _denied(ptrace)
+
+
+def test_privileged_keeps_an_explicit_profile(engine, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW",
+                                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}))
+    c = engine.create(IMAGE, ["true"], run_options=specgen.parse(privileged=True,
+                                                                 security_opt=[f"seccomp={path}"]))
+    linux = c["config"]["linux"]
+    assert linux["seccomp"]["syscalls"][0]["names"] == ["mkdir"]
+    assert linux["maskedPaths"] == [] and linux["readonlyPaths"] == []
+    assert linux["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
+    c = engine.create(IMAGE, ["true"], run_options=specgen.parse(privileged=True))
+    assert "seccomp" not in c["config"]["linux"]

@@ -731,7 +731,7 @@ def _apply(spec, run, vols, rootfs, network, made):
         proc["apparmorProfile"] = run["apparmor"]
 
     sec = run.get("seccomp")
-    if priv or sec == "unconfined":
+    if sec == "unconfined" or (priv and not isinstance(sec, dict)):   # a file given still applies
         linux.pop("seccomp", None)
     else:
         from keel.engine import seccomp_default
