@@ -126,11 +126,23 @@ def test_copy_up_stays_inside_the_rootfs(tmp_path):
     os.mkfifo(rootfs / "etc" / "pipe")
     os.mknod(rootfs / "etc" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     os.symlink("/etc/shadow", rootfs / "etc" / "link")
+    (rootfs / "etc" / "sub").mkdir(mode=0o750)
+    (rootfs / "etc" / "sub" / "tool").write_bytes(b"\x7fELF")
+    os.chown(rootfs / "etc" / "sub" / "tool", 1234, 5678)
+    os.chmod(rootfs / "etc" / "sub" / "tool", 0o4755)
+    os.setxattr(rootfs / "etc" / "sub" / "tool", "user.keel", b"kept")
+    os.link(rootfs / "etc" / "sub" / "tool", rootfs / "etc" / "tool-link")
     vols = Volumes(str(tmp_path / "root"))
     vols.ensure("v")
     vols.copy_up("v", str(rootfs), "/data")
     data = vols.data("v")
-    assert sorted(os.listdir(data)) == ["inside", "link", "null", "pipe"]
+    assert sorted(os.listdir(data)) == ["inside", "link", "null", "pipe", "sub", "tool-link"]
+    tool = os.path.join(data, "sub", "tool")
+    st = os.lstat(tool)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_nlink) == (1234, 5678, 0o4755, 2)
+    assert os.getxattr(tool, "user.keel") == b"kept"
+    assert os.lstat(os.path.join(data, "tool-link")).st_ino == st.st_ino
+    assert stat.S_IMODE(os.lstat(os.path.join(data, "sub")).st_mode) == 0o750
     assert open(os.path.join(data, "inside")).read() == "inside the image\n"
     assert stat.S_ISFIFO(os.lstat(os.path.join(data, "pipe")).st_mode)
     assert stat.S_ISCHR(os.lstat(os.path.join(data, "null")).st_mode)

@@ -28,6 +28,7 @@ from keel.engine.errors import EngineError
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 DRIVER = "local"
+_MAX_LINKS = 256   # hard links remembered during a copy-up (one fd each); later ones are copies
 
 
 class VolumeNotFound(EngineError):
@@ -191,7 +192,12 @@ class Volumes:
                 dst = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
                     if not os.listdir(dst):
-                        _copy_dir(src, dst)
+                        links = {}
+                        try:
+                            _copy_dir(src, dst, links)
+                        finally:
+                            for fd, _ in links.values():
+                                os.close(fd)
                         st = os.fstat(src)
                         os.chown(dst, st.st_uid, st.st_gid)
                         os.chmod(dst, stat.S_IMODE(st.st_mode))
@@ -206,9 +212,11 @@ class Volumes:
             self._write(self.path(name), rec)
 
 
-def _copy_dir(src: int, dst: int) -> None:
+def _copy_dir(src: int, dst: int, links: dict | None = None) -> None:
     """Copy the entries of directory fd `src` into directory fd `dst`: never following a
-    symlink, never opening anything but regular files and directories."""
+    symlink, never opening anything but regular files and directories; owners, modes, times,
+    xattrs (file capabilities) and hard links kept, as docker's tar-based copy keeps them."""
+    links = {} if links is None else links
     for name in os.listdir(src):
         st = os.stat(name, dir_fd=src, follow_symlinks=False)
         mode = st.st_mode
@@ -217,10 +225,15 @@ def _copy_dir(src: int, dst: int) -> None:
             s = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
             d = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst)
             try:
-                _copy_dir(s, d)
+                _copy_dir(s, d, links)
+                _copy_xattrs(s, d)
             finally:
                 os.close(s)
                 os.close(d)
+        elif stat.S_ISREG(mode) and st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
+            first_dir, first_name = links[(st.st_dev, st.st_ino)]
+            os.link(first_name, name, src_dir_fd=first_dir, dst_dir_fd=dst)
+            continue
         elif stat.S_ISREG(mode):
             s = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=src)
             d = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -228,19 +241,39 @@ def _copy_dir(src: int, dst: int) -> None:
             try:
                 while os.sendfile(d, s, None, 1 << 20) > 0:
                     pass
+                os.fchown(d, st.st_uid, st.st_gid)
+                os.fchmod(d, stat.S_IMODE(mode))
+                _copy_xattrs(s, d)   # after chown, which drops security.capability
             finally:
                 os.close(s)
                 os.close(d)
+            if st.st_nlink > 1 and len(links) < _MAX_LINKS:
+                # the directory is held by fd, never re-resolved by path: a path could be
+                # swapped for a symlink by a container already using the volume
+                links[(st.st_dev, st.st_ino)] = (os.dup(dst), name)
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
         elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             os.mknod(name, mode, st.st_rdev, dir_fd=dst)
         else:
             continue  # sockets are not content
-        os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
-        if not stat.S_ISLNK(mode):
-            os.chmod(name, stat.S_IMODE(mode), dir_fd=dst)
+        if not stat.S_ISREG(mode):
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+            if not stat.S_ISLNK(mode):
+                os.chmod(name, stat.S_IMODE(mode), dir_fd=dst)
         os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst, follow_symlinks=False)
+
+
+def _copy_xattrs(src_fd: int, dst_fd: int) -> None:
+    try:
+        names = os.listxattr(src_fd)
+    except OSError:
+        return   # a filesystem without xattrs
+    for attr in names:
+        try:
+            os.setxattr(dst_fd, attr, os.getxattr(src_fd, attr))
+        except OSError:
+            continue   # e.g. a namespace the volume's filesystem refuses
 
 
 # -- with the engine's containers ----------------------------------------------------------------
