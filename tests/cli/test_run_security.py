@@ -76,6 +76,12 @@ def test_memory_limit_oom_kill_is_reported(keel):
     keel.ok("rm", "hog", "fits")
 
 
+def test_device_and_shm_size(keel):
+    out = keel.ok("run", "--runtime", keel.runtime, "--rm", "--device", "/dev/loop-control", "--shm-size", "8m",
+                  IMAGE, "sh", "-c", "stat -c %F /dev/loop-control; grep ' /dev/shm ' /proc/mounts")
+    assert "character special file" in out and "size=8192k" in out, out
+
+
 def test_init_flag(keel):
     out = keel.ok("run", "--runtime", keel.runtime, "--rm", "--init", IMAGE, "sh", "-c",
                   "cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $PPID")
@@ -113,6 +119,9 @@ BAD = [
     (["--mount", "type=bind,target=/x"], "source= is required"),
     (["--mount", "type=volume,target=/x,colour=red"], "unknown key 'colour'"),
     (["--init-path", "/no/such/init"], "no such executable"),
+    (["--device", "/dev/nope"], "no such file"),
+    (["--device", "/dev/null:/dev/x:rwz"], "a combination of r, w and m"),
+    (["--shm-size", "0"], "must be more than 0"),
 ]
 
 

@@ -229,6 +229,22 @@ def test_init_is_pid_1_and_forwards_signals(engine, runtime):
     assert b"got-term" in b"".join(e.message for e in logs.read_entries(c["log_path"])[0])
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_devices_and_shm_size(engine, runtime):
+    host = "/dev/loop-control"   # not among the devices every container gets
+    st = os.stat(host)
+    code, out = run(engine, ["sh", "-c", "stat -c '%t:%T %F' /dev/lc; echo > /dev/lc; cat /dev/lc; "
+                             "grep ' /dev/shm ' /proc/mounts"], runtime,
+                    devices=[f"{host}:/dev/lc:r"], shm_size="16m")
+    major, minor = (int(x, 16) for x in out.splitlines()[0].split()[0].split(":"))
+    assert (major, minor) == (os.major(st.st_rdev), os.minor(st.st_rdev)) and "character" in out, out
+    assert "Operation not permitted" in out          # w is not granted: the devices cgroup says no
+    assert "Invalid argument" in out                 # r is: the loop driver itself answers
+    assert "size=16384k" in out, out
+    code, out = run(engine, ["sh", "-c", f"cat {host} || echo REFUSED"], runtime)
+    assert "REFUSED" in out and "No such file" in out   # no host devices by default
+
+
 BAD = [
     ({"cap_add": ["CAP_NOPE"]}, "unknown capability CAP_NOPE"),
     ({"cap_drop": ["bogus"]}, "unknown capability CAP_BOGUS"),
@@ -252,6 +268,11 @@ BAD = [
     ({"ulimits": ["bogus=1"]}, "expected NAME=SOFT"),
     ({"sysctls": ["kernel.panic=1"]}, "not a namespaced sysctl"),
     ({"init_path": "/no/such/init"}, "no such executable"),
+    ({"devices": ["/dev/nope"]}, "no such file"),
+    ({"devices": ["/etc/passwd"]}, "is not a device"),
+    ({"devices": ["/dev/null:/dev/x:rwx"]}, "a combination of r, w and m"),
+    ({"devices": ["/dev/null:rel"]}, "must be an absolute path"),
+    ({"shm_size": "big"}, "invalid size"),
     ({"sysctls": ["net/../../kernel/x=1"]}, "is not a sysctl name"),
     ({"memory": "99999999p"}, "too large"),
     ({"pids_limit": str(1 << 70)}, "too large"),

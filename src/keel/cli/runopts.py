@@ -30,6 +30,9 @@ def add_flags(p):
     a("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs")
     a("--mount", action="append", default=[], metavar="type=TYPE,...",
       help="type=bind|volume|tmpfs,source=,target=,readonly,...")
+    a("--device", action="append", default=[], metavar="HOST[:CTR][:PERMS]",
+      help="add a host device (PERMS: r, w, m; default rwm)")
+    a("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
     a("--init", action="store_true", help="run an init (catatonit) as pid 1 that runs the command")
     a("--init-path", metavar="PATH", help="the init binary for --init")
 
@@ -49,4 +52,5 @@ def parse(args, network="none") -> dict:
         cpu_period=args.cpu_period, cpu_quota=args.cpu_quota, cpuset_cpus=args.cpuset_cpus,
         cpuset_mems=args.cpuset_mems, pids_limit=args.pids_limit, ulimits=args.ulimit,
         sysctls=args.sysctl, volumes=args.volume, tmpfs=args.tmpfs, mounts=args.mount,
-        init=args.init, init_path=args.init_path, network=network)
+        init=args.init, init_path=args.init_path, devices=args.device, shm_size=args.shm_size,
+        network=network)

@@ -560,6 +560,64 @@ def parse_sysctl(item: str, network: str = "none") -> tuple[str, str]:
     return key, value
 
 
+def parse_device(item: str) -> list[dict]:
+    """--device HOST[:CONTAINER][:PERMS] (PERMS a subset of rwm; a directory adds every
+    device below it), as docker and podman read it."""
+    where = f"--device {item}"
+    parts = str(item).split(":")
+    if len(parts) > 3 or not parts[0]:
+        _fail(f"{where}: expected HOST[:CONTAINER][:PERMISSIONS]")
+    host = parts[0]
+    perms = "rwm"
+    ctr = host
+    if len(parts) == 3:
+        ctr, perms = parts[1], parts[2]
+    elif len(parts) == 2:
+        if parts[1] and set(parts[1]) <= set("rwm") and not parts[1].startswith("/"):
+            perms = parts[1]
+        else:
+            ctr = parts[1]
+    if not perms or not set(perms) <= set("rwm"):
+        _fail(f"{where}: permissions {perms!r}: a combination of r, w and m")
+    if not host.startswith("/"):
+        _fail(f"{where}: {host!r} is not an absolute host path")
+    ctr = _abs_dest(ctr, where)
+    try:
+        st = os.stat(host)
+    except OSError as e:
+        _fail(f"{where}: {host}: {(e.strerror or str(e)).lower()}")
+    found = []
+    if stat.S_ISDIR(st.st_mode):
+        for dirpath, _, files in os.walk(host):
+            for name in sorted(files):
+                path = os.path.join(dirpath, name)
+                dev = _device(path)
+                if dev:
+                    found.append(dict(dev, path=os.path.join(ctr, os.path.relpath(path, host))))
+        if not found:
+            _fail(f"{where}: no devices under {host}")
+    else:
+        dev = _device(host)
+        if not dev:
+            _fail(f"{where}: {host} is not a device")
+        found.append(dict(dev, path=ctr))
+    for d in found:
+        d["access"] = perms
+    return found
+
+
+def _device(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        return None
+    return {"path": path, "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
+            "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+            "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+
+
 def find_init(path: str | None = None) -> str:
     """The init binary for --init: --init-path, else catatonit, else tini-static."""
     candidates = [path] if path else INIT_CANDIDATES
@@ -577,7 +635,7 @@ def parse(*, cap_add=(), cap_drop=(), privileged=False, security_opt=(), read_on
           read_only_tmpfs=True, memory=None, memory_swap=None, memory_reservation=None, cpus=None,
           cpu_shares=None, cpu_period=None, cpu_quota=None, cpuset_cpus=None, cpuset_mems=None,
           pids_limit=None, ulimits=(), sysctls=(), volumes=(), tmpfs=(), mounts=(), init=False,
-          init_path=None, network="none") -> dict:
+          init_path=None, devices=(), shm_size=None, network="none") -> dict:
     """All the options, checked, as JSON data for apply(); EngineError on the first bad one."""
     sec = parse_security_opts(security_opt)
     run = {
@@ -591,8 +649,11 @@ def parse(*, cap_add=(), cap_drop=(), privileged=False, security_opt=(), read_on
         "resources": parse_resources(memory, memory_swap, memory_reservation, cpus, cpu_shares,
                                      cpu_period, cpu_quota, cpuset_cpus, cpuset_mems, pids_limit),
         "ulimits": [], "sysctls": {}, "mounts": [], "init": bool(init or init_path),
-        "init_path": None,
+        "init_path": None, "devices": [d for item in devices or () for d in parse_device(item)],
+        "shm_size": None if shm_size is None else parse_size(shm_size, "--shm-size"),
     }
+    if run["shm_size"] is not None and run["shm_size"] < 1:
+        _fail(f"--shm-size {shm_size}: must be more than 0")
     seen = {}
     for u in ulimits or ():
         lim = parse_ulimit(u)
@@ -755,6 +816,19 @@ def _apply(spec, run, vols, rootfs, network, made):
                 m["options"] = [o for o in m.get("options", []) if o != "ro"] + ["rw"]
         linux["devices"] = _host_devices()
         linux.setdefault("resources", {})["devices"] = [{"allow": True, "access": "rwm"}]
+
+    if run.get("devices"):
+        asked = {d["path"] for d in run["devices"]}
+        linux["devices"] = [d for d in linux.get("devices") or [] if d["path"] not in asked] + \
+            [{k: v for k, v in d.items() if k != "access"} for d in run["devices"]]
+        rules = linux.setdefault("resources", {}).setdefault("devices", [])
+        rules += [{"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"],
+                   "access": d["access"]} for d in run["devices"]]
+    if run.get("shm_size"):
+        for m in mounts:
+            if m["destination"] == "/dev/shm":
+                m["options"] = [o for o in m.get("options", []) if not o.startswith("size=")] + \
+                    [f"size={run['shm_size']}"]
 
     spec.setdefault("root", {})["readonly"] = bool(run.get("read_only"))
     extra = []

@@ -324,9 +324,13 @@ def make_cgroup(cid, linux):
         if resources.get("devices"):
             from keel.runtime.rootfs import DEFAULT_DEVICE_RULES
 
+            # a device the config lists is allowed rwm unless a rule of the config already
+            # names it (`--device X:r` must stay read-only, as runc keeps it)
+            ruled = {(r.get("type"), r.get("major"), r.get("minor")) for r in resources["devices"]}
             extra = [{"allow": True, "type": d["type"] if d["type"] != "u" else "c", "major": d.get("major"),
                       "minor": d.get("minor"), "access": "rwm"} for d in linux.get("devices") or ()
-                     if d["type"] != "p"]  # fifos are not devices to the device cgroup
+                     if d["type"] != "p"  # fifos are not devices to the device cgroup
+                     and (d["type"] if d["type"] != "u" else "c", d.get("major"), d.get("minor")) not in ruled]
             resources["devices"] = list(resources["devices"]) + DEFAULT_DEVICE_RULES + extra
         try:
             for warning in cg.apply(resources) or ():
