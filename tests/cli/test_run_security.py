@@ -80,6 +80,11 @@ def test_device_and_shm_size(keel):
     out = keel.ok("run", "--runtime", keel.runtime, "--rm", "--device", "/dev/loop-control", "--shm-size", "8m",
                   IMAGE, "sh", "-c", "stat -c %F /dev/loop-control; grep ' /dev/shm ' /proc/mounts")
     assert "character special file" in out and "size=8192k" in out, out
+    cid = keel.ok("create", "--runtime", keel.runtime, "--device", "/dev/loop-control:/dev/lc:r", IMAGE, "true").strip()
+    hc = json.loads(keel.ok("inspect", cid))[0]["HostConfig"]
+    assert hc["Devices"] == [{"PathOnHost": "/dev/loop-control", "PathInContainer": "/dev/lc",
+                              "CgroupPermissions": "r"}] and hc["ShmSize"] == 64 << 20
+    keel.ok("rm", cid)
 
 
 def test_init_flag(keel):

@@ -593,14 +593,14 @@ def parse_device(item: str) -> list[dict]:
                 path = os.path.join(dirpath, name)
                 dev = _device(path)
                 if dev:
-                    found.append(dict(dev, path=os.path.join(ctr, os.path.relpath(path, host))))
+                    found.append(dict(dev, host=path, path=os.path.join(ctr, os.path.relpath(path, host))))
         if not found:
             _fail(f"{where}: no devices under {host}")
     else:
         dev = _device(host)
         if not dev:
             _fail(f"{where}: {host} is not a device")
-        found.append(dict(dev, path=ctr))
+        found.append(dict(dev, host=host, path=ctr))
     for d in found:
         d["access"] = perms
     return found
@@ -820,7 +820,7 @@ def _apply(spec, run, vols, rootfs, network, made):
     if run.get("devices"):
         asked = {d["path"] for d in run["devices"]}
         linux["devices"] = [d for d in linux.get("devices") or [] if d["path"] not in asked] + \
-            [{k: v for k, v in d.items() if k != "access"} for d in run["devices"]]
+            [{k: v for k, v in d.items() if k not in ("access", "host")} for d in run["devices"]]
         rules = linux.setdefault("resources", {}).setdefault("devices", [])
         rules += [{"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"],
                    "access": d["access"]} for d in run["devices"]]
@@ -938,6 +938,9 @@ def inspect_host_config(run: dict | None) -> dict:
         "Sysctls": dict(run.get("sysctls") or {}),
         "Tmpfs": {m["destination"]: ",".join(m["options"]) for m in run.get("mounts") or [] if m["type"] == "tmpfs"},
         "Init": bool(run.get("init")),
+        "Devices": [{"PathOnHost": d.get("host", d["path"]), "PathInContainer": d["path"],
+                     "CgroupPermissions": d["access"]} for d in run.get("devices") or []],
+        "ShmSize": run.get("shm_size") or 64 << 20,
     }
 
 
