@@ -10,6 +10,10 @@ Two steps, so that bad input is refused before anything exists:
         keel.image.bundle; makes missing named/anonymous volumes and copies the image's
         content into new ones; undoes what it made if it fails
 
+The parsers live beside it: mountspec (-v, --tmpfs, --mount), seccomp_profile (profile
+files and their resolution), seccomp_default (keel's default profile), flagvalues (sizes,
+numbers, booleans, paths); volumes keeps the volumes.
+
 Defaults are Docker's: its 14 capabilities, keel's default seccomp profile
 (seccomp_default: the calls Docker's profile blocks), Docker's masked and read-only /proc and
 /sys paths, /sys and cgroupfs read-only, no host devices, no-new-privileges off.
@@ -17,13 +21,13 @@ Defaults are Docker's: its 14 capabilities, keel's default seccomp profile
 writable /sys and cgroupfs and the host's devices.
 """
 
-import copy
-import json
 import os
 import re
 import stat
 
-from keel.engine.errors import EngineError
+from keel.engine.flagvalues import abs_dest, fail, parse_bool, parse_int, parse_size
+from keel.engine.mountspec import inspect_mounts, parse_mount, parse_tmpfs, parse_volume  # noqa: F401
+from keel.engine.seccomp_profile import load_profile, seccomp_for
 from keel.image.bundle import DOCKER_CAPS
 
 MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -36,42 +40,12 @@ INIT_CANDIDATES = ("/usr/libexec/keel/catatonit", "/usr/libexec/podman/catatonit
                    "/usr/bin/catatonit", "/usr/bin/tini-static", "/usr/bin/tini")
 MIN_MEMORY = 6 << 20                               # docker refuses less
 UNLIMITED = (1 << 64) - 1
-MAX_INT64 = (1 << 63) - 1
-MAX_PROFILE = 4 << 20
 RLIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
            "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
 # Namespaced sysctls a container may set (docker's list); net.* needs its own network ns.
 SYSCTL_KERNEL = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
                  "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced", "kernel.domainname")
-BIND_OPTIONS = {"ro", "rw", "z", "Z", "rbind", "bind", "shared", "rshared", "slave", "rslave",
-                "private", "rprivate", "unbindable", "runbindable", "nosuid", "suid", "nodev", "dev",
-                "noexec", "exec", "nocopy", "copy"}
-PROPAGATION = ("shared", "rshared", "slave", "rslave", "private", "rprivate", "unbindable",
-               "runbindable")
-TMPFS_FLAGS = {"rw", "ro", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",
-               "dirsync", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
-               "strictatime", "nostrictatime", "tmpcopyup", "notmpcopyup"}
-TMPFS_VALUES = {"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks"}
 
-
-def _fail(msg):
-    raise EngineError(msg)
-
-
-# -- small parsers ---------------------------------------------------------------------------------
-
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp])?i?b?\Z", re.I)
-
-
-def parse_size(value, flag: str) -> int:
-    """Bytes from docker's RAMInBytes spelling: 1024, 512k, 64m, 1g, 1.5GiB, 2gb."""
-    m = _SIZE.match(str(value).strip())
-    if not m:
-        _fail(f"{flag} {value!r}: invalid size (a number with an optional unit b, k, m, g, t, p)")
-    n = int(float(m.group(1)) * (1 << (10 * " kmgtp".index((m.group(2) or " ").lower()))))
-    if n > MAX_INT64:
-        _fail(f"{flag} {value!r}: too large")
-    return n
 
 
 def normalize_cap(name: str, flag: str) -> str:
@@ -82,28 +56,8 @@ def normalize_cap(name: str, flag: str) -> str:
         return "ALL"
     full = up if up.startswith("CAP_") else "CAP_" + up
     if full not in CAPS:
-        _fail(f"{flag} {name}: unknown capability {full}")
+        fail(f"{flag} {name}: unknown capability {full}")
     return full
-
-
-def _bool(value, flag):
-    v = str(value).strip().lower()
-    if v in ("", "true", "1", "yes"):
-        return True
-    if v in ("false", "0", "no"):
-        return False
-    _fail(f"{flag}: {value!r} is not true or false")
-
-
-def _abs_dest(dest, flag):
-    if not dest or not dest.startswith("/"):
-        _fail(f"{flag}: destination {dest!r} must be an absolute path in the container")
-    clean = os.path.normpath(dest)
-    if clean == "/":
-        _fail(f"{flag}: destination {dest!r}: a mount cannot replace the container's root")
-    if ".." in dest.split("/"):
-        _fail(f"{flag}: destination {dest!r}: '..' is not allowed")
-    return clean
 
 
 # -- security options ------------------------------------------------------------------------------
@@ -122,317 +76,37 @@ def parse_security_opts(items) -> dict:
             sep = ":"
         where = f"--security-opt {item}"
         if key == "no-new-privileges":
-            out["no_new_privileges"] = _bool(value, where) if sep else True
+            out["no_new_privileges"] = parse_bool(value, where) if sep else True
         elif key == "seccomp":
             if not value:
-                _fail(f"{where}: give a profile file or unconfined")
-            out["seccomp"] = "unconfined" if value == "unconfined" else _load_profile(value, where)
+                fail(f"{where}: give a profile file or unconfined")
+            out["seccomp"] = "unconfined" if value == "unconfined" else load_profile(value, where)
         elif key in ("mask", "unmask") and value:
             paths = value.split(":")
             for p in paths:
                 if p != "ALL" and (not p.startswith("/") or ".." in p.split("/")):
-                    _fail(f"{where}: {p!r} is not an absolute path without '..'")
+                    fail(f"{where}: {p!r} is not an absolute path without '..'")
                 if p == "ALL" and key == "mask":
-                    _fail(f"{where}: ALL is only valid for unmask")
+                    fail(f"{where}: ALL is only valid for unmask")
             out[key] += paths
         elif key == "systempaths" and value == "unconfined":
             out["unmask"].append("ALL")   # docker's spelling of unmask=ALL
         elif key == "apparmor" and value:
             if value != "unconfined":
                 if not os.path.exists("/sys/kernel/security/apparmor"):
-                    _fail(f"{where}: AppArmor is not enabled on this host")
+                    fail(f"{where}: AppArmor is not enabled on this host")
                 out["apparmor"] = value
         elif key == "label" and value == "disable":
             continue   # no SELinux labelling here: disabling it is what already happens
         elif key == "label":
-            _fail(f"{where}: SELinux labels are not supported (only label=disable)")
+            fail(f"{where}: SELinux labels are not supported (only label=disable)")
         else:
-            _fail(f"{where}: unknown security option (seccomp=, no-new-privileges, mask=, unmask=, "
+            fail(f"{where}: unknown security option (seccomp=, no-new-privileges, mask=, unmask=, "
                   "apparmor=, systempaths=unconfined, label=disable)")
     return out
 
 
-def _load_profile(path, where):
-    try:
-        # O_NONBLOCK: a fifo named as the profile is refused below, not waited on
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                _fail(f"{where}: not a regular file")
-            data = f.read(MAX_PROFILE + 1)
-        if len(data) > MAX_PROFILE:
-            _fail(f"{where}: larger than {MAX_PROFILE >> 20} MiB")
-        prof = json.loads(data)
-    except OSError as e:
-        _fail(f"{where}: {(e.strerror or str(e)).lower()}")
-    except ValueError as e:
-        _fail(f"{where}: not a JSON seccomp profile: {e}")
-    if not isinstance(prof, dict):
-        _fail(f"{where}: not a JSON seccomp profile: expected an object")
-    try:
-        seccomp_for(prof, DOCKER_CAPS)   # every field checked now, before a container exists
-    except EngineError as e:
-        _fail(f"{where}: {e}")
-    return {"path": os.path.abspath(path), "profile": prof}
-
-
-def _native_arch():
-    return {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64", "ppc64le": "SCMP_ARCH_PPC64LE",
-            "s390x": "SCMP_ARCH_S390X", "riscv64": "SCMP_ARCH_RISCV64"}.get(os.uname().machine)
-
-
-def _kernel_version():
-    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-def seccomp_for(profile: dict, caps) -> dict:
-    """An OCI `linux.seccomp` from a profile in Docker's format (archMap, entries with
-    includes/excludes of caps, arches, minKernel) or already in OCI form, for a container
-    holding `caps`. Checked with keel.kernel.seccomp (EngineError naming the field)."""
-    from keel.kernel import seccomp as _seccomp
-    from keel.kernel.errors import KernelError
-
-    caps = set(caps)
-    arch = _native_arch()
-    # entries name arches as Go does (GOARCH), the way Docker's profiles are written
-    goarch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-    out = {k: copy.deepcopy(v) for k, v in profile.items()
-           if k not in ("archMap", "syscalls", "architectures")}
-    arches = list(profile.get("architectures") or [])
-    for entry in profile.get("archMap") or []:
-        if isinstance(entry, dict) and entry.get("architecture") == arch:
-            arches = [arch] + list(entry.get("subArchitectures") or [])
-    if arches:
-        out["architectures"] = arches
-    syscalls = []
-    for i, entry in enumerate(profile.get("syscalls") or []):
-        if not isinstance(entry, dict):
-            _fail(f"syscalls[{i}]: expected an object")
-        inc, exc = entry.get("includes") or {}, entry.get("excludes") or {}
-        if inc.get("caps") and not set(inc["caps"]) <= caps:
-            continue
-        if exc.get("caps") and set(exc["caps"]) & caps:
-            continue
-        if inc.get("arches") and goarch not in inc["arches"]:
-            continue
-        if exc.get("arches") and goarch in exc["arches"]:
-            continue
-        if inc.get("minKernel"):
-            m = re.match(r"(\d+)\.(\d+)", str(inc["minKernel"]))
-            if m and _kernel_version() < (int(m.group(1)), int(m.group(2))):
-                continue
-        e = {k: v for k, v in entry.items() if k not in ("includes", "excludes", "comment", "name")}
-        if entry.get("name") and not entry.get("names"):
-            e["names"] = [entry["name"]]
-        syscalls.append(e)
-    out["syscalls"] = syscalls
-    try:
-        _seccomp.validate(out)
-    except KernelError as e:
-        _fail(str(e))
-    return out
-
-
-# -- mounts --------------------------------------------------------------------------------------
-
-def _bind_like_options(opts, where, volume):
-    """(mode "ro"/"rw", OCI options, nocopy) from -v's comma list."""
-    ro, prop, extra, nocopy, bind = False, None, [], False, "rbind"
-    for o in opts:
-        if o not in BIND_OPTIONS:
-            _fail(f"{where}: unknown option {o!r} (ro, rw, z, Z, [r]shared, [r]slave, [r]private, "
-                  "nosuid, nodev, noexec, bind, rbind, nocopy)")
-        if o in ("ro", "rw"):
-            ro = o == "ro"
-        elif o in PROPAGATION:
-            if prop:
-                _fail(f"{where}: more than one propagation option")
-            prop = o
-        elif o in ("bind", "rbind"):
-            bind = o
-        elif o in ("nocopy", "copy"):
-            if not volume:
-                _fail(f"{where}: {o} applies to volumes only")
-            nocopy = o == "nocopy"
-        elif o in ("z", "Z"):
-            continue   # SELinux relabelling: there is no SELinux policy on this host to label for
-        else:
-            extra.append(o)
-    oci = [bind, "ro" if ro else "rw", prop or "rprivate"] + extra
-    if volume:
-        oci += [x for x in ("nosuid", "nodev") if x not in extra and x[2:] not in extra]
-    return ("ro" if ro else "rw"), oci, nocopy
-
-
-def parse_volume(spec: str) -> dict:
-    """-v SRC:DST[:OPTS] (SRC a host path when it starts with / or ., else a volume name),
-    or -v DST (an anonymous volume)."""
-    where = f"-v {spec}"
-    parts = str(spec).split(":")
-    if len(parts) > 3 or not parts[0]:
-        _fail(f"{where}: expected SRC:DST[:OPTIONS] or DST")
-    if len(parts) == 1:
-        src, dst, opts = None, parts[0], []
-    elif len(parts) == 2 and parts[0].startswith("/") and parts[1] and \
-            set(parts[1].split(",")) <= BIND_OPTIONS:
-        src, dst, opts = None, parts[0], parts[1].split(",")   # /dst:ro, anonymous
-    else:
-        src, dst = parts[0], parts[1]
-        opts = parts[2].split(",") if len(parts) == 3 else []
-    opts = [o for o in opts if o]
-    dst = _abs_dest(dst, where)
-    if src is None or not src.startswith(("/", ".")):
-        mode, oci, nocopy = _bind_like_options(opts, where, True)
-        anon = src is None
-        name = os.urandom(32).hex() if anon else _volume_name(src, where)
-        return {"type": "volume", "name": name, "anonymous": anon, "destination": dst,
-                "mode": mode, "options": oci, "nocopy": nocopy}
-    mode, oci, _ = _bind_like_options(opts, where, False)
-    return {"type": "bind", "source": _host_path(src, where), "destination": dst, "mode": mode,
-            "options": oci}
-
-
-def _volume_name(name, where):
-    from keel.engine.volumes import check_name
-
-    try:
-        return check_name(name)
-    except EngineError as e:
-        _fail(f"{where}: {e}")
-
-
-def _host_path(src, where):
-    path = os.path.abspath(src)
-    try:
-        os.stat(path)
-    except OSError as e:
-        _fail(f"{where}: host path {path}: {(e.strerror or str(e)).lower()}")
-    return path
-
-
-def parse_tmpfs(spec: str) -> dict:
-    """--tmpfs /path[:opt,opt,...]: podman's defaults rw,noexec,nosuid,nodev and tmpcopyup."""
-    where = f"--tmpfs {spec}"
-    dst, _, opts = str(spec).partition(":")
-    return _tmpfs(_abs_dest(dst, where), [o for o in opts.split(",") if o], where)
-
-
-def _tmpfs(dst, opts, where):
-    flags = {"rw": "rw", "noexec": "noexec", "nosuid": "nosuid", "nodev": "nodev"}
-    values, copyup = {}, True
-    opposite = {"ro": "rw", "rw": "ro", "exec": "noexec", "noexec": "exec", "suid": "nosuid",
-                "nosuid": "suid", "dev": "nodev", "nodev": "dev"}
-    for o in opts:
-        key, sep, val = o.partition("=")
-        if sep:
-            if key not in TMPFS_VALUES:
-                _fail(f"{where}: unknown tmpfs option {o!r}")
-            if key == "size":
-                try:
-                    val = str(parse_size(val, where) if not val.endswith("%") else val)
-                except EngineError:
-                    _fail(f"{where}: size {val!r} is not a size")
-            elif key == "mode" and not re.fullmatch(r"[0-7]{1,4}", val):
-                _fail(f"{where}: mode {val!r} is not an octal mode")
-            elif key in ("uid", "gid", "nr_inodes", "nr_blocks") and not val.isdigit():
-                _fail(f"{where}: {key} {val!r} is not a number")
-            values[key] = val
-        elif o in ("tmpcopyup", "notmpcopyup"):
-            copyup = o == "tmpcopyup"
-        elif o in TMPFS_FLAGS:
-            if o in opposite:
-                flags.pop(opposite[o], None)
-            flags[o] = o
-        else:
-            _fail(f"{where}: unknown tmpfs option {o!r}")
-    options = list(flags) + [f"{k}={v}" for k, v in values.items()] + (["tmpcopyup"] if copyup else [])
-    return {"type": "tmpfs", "destination": dst, "options": options}
-
-
-def parse_mount(spec: str) -> dict:
-    """--mount type=bind|volume|tmpfs,source=..,target=..,readonly,... (docker's keys)."""
-    where = f"--mount {spec}"
-    kv = {}
-    for field in str(spec).split(","):
-        if not field:
-            continue
-        key, sep, val = field.partition("=")
-        key = key.strip().lower()
-        if key in kv:
-            _fail(f"{where}: {key} given twice")
-        kv[key] = val if sep else None
-    kind = kv.pop("type", None) or "volume"
-    dst = kv.pop("target", None) or kv.pop("destination", None) or kv.pop("dst", None)
-    src = kv.pop("source", None) or kv.pop("src", None)
-    if not dst:
-        _fail(f"{where}: target= is required")
-    dst = _abs_dest(dst, where)
-    ro = False
-    for key in ("readonly", "ro"):
-        if key in kv:
-            ro = _bool(kv.pop(key) or "true", f"{where}: {key}")
-    if kind == "tmpfs":
-        if src:
-            _fail(f"{where}: a tmpfs takes no source")
-        opts = ["ro"] if ro else []
-        if kv.get("tmpfs-size") is not None:
-            opts.append(f"size={kv.pop('tmpfs-size')}")
-        if kv.get("tmpfs-mode") is not None:
-            opts.append(f"mode={kv.pop('tmpfs-mode')}")
-        for k in list(kv):
-            if k in TMPFS_FLAGS or k in ("tmpcopyup", "notmpcopyup"):
-                kv.pop(k)
-                opts.append(k)
-        _no_more(kv, where)
-        return _tmpfs(dst, opts, where)
-    opts = ["ro" if ro else "rw"]
-    if kind == "bind":
-        if not src:
-            _fail(f"{where}: source= is required for a bind mount")
-        prop = kv.pop("bind-propagation", None)
-        if prop:
-            if prop not in PROPAGATION:
-                _fail(f"{where}: bind-propagation {prop!r}: one of {', '.join(PROPAGATION)}")
-            opts.append(prop)
-        if kv.pop("bind-nonrecursive", None) in ("", "true", "1"):
-            opts.append("bind")
-        for k in ("relabel", "z", "Z"):
-            kv.pop(k, None)
-        _no_more(kv, where)
-        mode, oci, _ = _bind_like_options(opts, where, False)
-        return {"type": "bind", "source": _host_path(src, where), "destination": dst,
-                "mode": mode, "options": oci}
-    if kind == "volume":
-        if "volume-nocopy" in kv:
-            if _bool(kv.pop("volume-nocopy") or "true", f"{where}: volume-nocopy"):
-                opts.append("nocopy")
-        _no_more(kv, where)
-        mode, oci, nocopy = _bind_like_options(opts, where, True)
-        anon = not src
-        return {"type": "volume", "name": os.urandom(32).hex() if anon else _volume_name(src, where),
-                "anonymous": anon, "destination": dst, "mode": mode, "options": oci, "nocopy": nocopy}
-    _fail(f"{where}: type {kind!r}: bind, volume or tmpfs")
-
-
-def _no_more(kv, where):
-    if kv:
-        _fail(f"{where}: unknown key {sorted(kv)[0]!r}")
-
-
 # -- resources -------------------------------------------------------------------------------------
-
-def _int(value, flag, lo=None, hi=None):
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        _fail(f"{flag} {value!r}: not a whole number")
-    if abs(n) > MAX_INT64:
-        _fail(f"{flag} {value}: too large")
-    if (lo is not None and n < lo) or (hi is not None and n > hi):
-        _fail(f"{flag} {value}: must be in {lo}..{hi}" if hi is not None else f"{flag} {value}: must be at least {lo}")
-    return n
-
 
 _CPUSET = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*\Z")
 
@@ -443,7 +117,7 @@ def _cpu_list(text, flag):
         lo, _, hi = part.partition("-")
         lo, hi = int(lo), int(hi or lo)
         if hi < lo or hi - lo > 1 << 16:
-            _fail(f"{flag} {text}: range {part} is backwards or too large")
+            fail(f"{flag} {text}: range {part} is backwards or too large")
         out.update(range(lo, hi + 1))
     return out
 
@@ -462,62 +136,62 @@ def parse_resources(memory=None, memory_swap=None, memory_reservation=None, cpus
     if memory is not None:
         r["memory"] = parse_size(memory, "--memory")
         if r["memory"] < MIN_MEMORY:
-            _fail(f"--memory {memory}: the minimum memory limit is 6MB")
+            fail(f"--memory {memory}: the minimum memory limit is 6MB")
     if memory_reservation is not None:
         r["memory_reservation"] = parse_size(memory_reservation, "--memory-reservation")
         if "memory" in r and r["memory_reservation"] > r["memory"]:
-            _fail("--memory-reservation: must be below --memory")
+            fail("--memory-reservation: must be below --memory")
     if memory_swap is not None:
         swap = -1 if str(memory_swap).strip() == "-1" else parse_size(memory_swap, "--memory-swap")
         if "memory" not in r:
-            _fail("--memory-swap: needs --memory too (it is the total of memory and swap)")
+            fail("--memory-swap: needs --memory too (it is the total of memory and swap)")
         if swap != -1 and swap < r["memory"]:
-            _fail(f"--memory-swap {memory_swap}: must be at least --memory (it is memory plus swap)")
+            fail(f"--memory-swap {memory_swap}: must be at least --memory (it is memory plus swap)")
         if swap != r["memory"] and not swap_accounting():
-            _fail("--memory-swap: this kernel has no swap accounting (no memory.memsw.* in the "
+            fail("--memory-swap: this kernel has no swap accounting (no memory.memsw.* in the "
                   "cgroup v1 memory controller)")
         r["memory_swap"] = swap
     if cpus is not None:
         try:
             n = float(str(cpus).strip())
         except ValueError:
-            _fail(f"--cpus {cpus!r}: not a number")
+            fail(f"--cpus {cpus!r}: not a number")
         ncpu = os.cpu_count() or 1
         if not 0.01 <= n <= ncpu:
-            _fail(f"--cpus {cpus}: the range of CPUs is from 0.01 to {ncpu:.2f}, as there are "
+            fail(f"--cpus {cpus}: the range of CPUs is from 0.01 to {ncpu:.2f}, as there are "
                   f"only {ncpu} CPUs available")
         if cpu_period is not None or cpu_quota is not None:
-            _fail("--cpus: conflicts with --cpu-period and --cpu-quota")
+            fail("--cpus: conflicts with --cpu-period and --cpu-quota")
         r["cpu_period"], r["cpu_quota"] = 100000, int(round(n * 100000))
     if cpu_period is not None:
-        r["cpu_period"] = _int(cpu_period, "--cpu-period", 1000, 1000000)
+        r["cpu_period"] = parse_int(cpu_period, "--cpu-period", 1000, 1000000)
     if cpu_quota is not None:
-        q = _int(cpu_quota, "--cpu-quota", -1)
+        q = parse_int(cpu_quota, "--cpu-quota", -1)
         if 0 <= q < 1000:
-            _fail(f"--cpu-quota {cpu_quota}: must be at least 1000 (microseconds)")
+            fail(f"--cpu-quota {cpu_quota}: must be at least 1000 (microseconds)")
         r["cpu_quota"] = q
     if cpu_shares is not None:
-        n = _int(cpu_shares, "--cpu-shares", 0, 262144)
+        n = parse_int(cpu_shares, "--cpu-shares", 0, 262144)
         if n:
             if n < 2:
-                _fail(f"--cpu-shares {cpu_shares}: must be in 2..262144")
+                fail(f"--cpu-shares {cpu_shares}: must be in 2..262144")
             r["cpu_shares"] = n
     for key, val, online in (("cpuset_cpus", cpuset_cpus, "/sys/devices/system/cpu/online"),
                              ("cpuset_mems", cpuset_mems, "/sys/devices/system/node/online")):
         if val is not None:
             flag = f"--{key.replace('_', '-')}"
             if not _CPUSET.match(str(val)):
-                _fail(f"{flag} {val!r}: expected a list like 0-2,4")
+                fail(f"{flag} {val!r}: expected a list like 0-2,4")
             try:
                 with open(online) as f:
                     have = f.read().strip()
             except OSError:
                 have = None   # no such information here: the kernel will judge
             if have is not None and not _cpu_list(str(val), flag) <= _cpu_list(have, flag):
-                _fail(f"{flag} {val}: not available (this host has {have})")
+                fail(f"{flag} {val}: not available (this host has {have})")
             r[key] = str(val)
     if pids_limit is not None:
-        n = _int(pids_limit, "--pids-limit", -1)
+        n = parse_int(pids_limit, "--pids-limit", -1)
         if n > 0:
             r["pids_limit"] = n
     return r
@@ -528,18 +202,18 @@ def parse_ulimit(item: str) -> dict:
     where = f"--ulimit {item}"
     name, sep, value = str(item).partition("=")
     if not sep or name.lower() not in RLIMITS:
-        _fail(f"{where}: expected NAME=SOFT[:HARD] with NAME one of {', '.join(RLIMITS)}")
+        fail(f"{where}: expected NAME=SOFT[:HARD] with NAME one of {', '.join(RLIMITS)}")
     soft_s, _, hard_s = value.partition(":")
     hard_s = hard_s or soft_s
 
     def one(s):
         if s.strip() in ("-1", "unlimited"):
             return UNLIMITED
-        return _int(s, where, 0)
+        return parse_int(s, where, 0)
 
     soft, hard = one(soft_s), one(hard_s)
     if soft > hard:
-        _fail(f"{where}: soft limit {soft} is above the hard limit {hard}")
+        fail(f"{where}: soft limit {soft} is above the hard limit {hard}")
     return {"type": "RLIMIT_" + name.upper(), "soft": soft, "hard": hard}
 
 
@@ -548,14 +222,14 @@ def parse_sysctl(item: str, network: str = "none") -> tuple[str, str]:
     key, sep, value = str(item).partition("=")
     key = key.strip().replace("/", ".")
     if not sep or not key:
-        _fail(f"{where}: expected KEY=VALUE")
+        fail(f"{where}: expected KEY=VALUE")
     if not re.fullmatch(r"[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)+", key):
-        _fail(f"{where}: {key!r} is not a sysctl name")
+        fail(f"{where}: {key!r} is not a sysctl name")
     if key.startswith("net."):
         if network == "host":
-            _fail(f"{where}: net.* sysctls cannot be set with --network host")
+            fail(f"{where}: net.* sysctls cannot be set with --network host")
     elif not (key in SYSCTL_KERNEL or key.startswith("fs.mqueue.")):
-        _fail(f"{where}: not a namespaced sysctl (kernel.msg*, kernel.sem, kernel.shm*, "
+        fail(f"{where}: not a namespaced sysctl (kernel.msg*, kernel.sem, kernel.shm*, "
               "fs.mqueue.*, net.*)")
     return key, value
 
@@ -566,7 +240,7 @@ def parse_device(item: str) -> list[dict]:
     where = f"--device {item}"
     parts = str(item).split(":")
     if len(parts) > 3 or not parts[0]:
-        _fail(f"{where}: expected HOST[:CONTAINER][:PERMISSIONS]")
+        fail(f"{where}: expected HOST[:CONTAINER][:PERMISSIONS]")
     host = parts[0]
     perms = "rwm"
     ctr = host
@@ -578,14 +252,14 @@ def parse_device(item: str) -> list[dict]:
         else:
             ctr = parts[1]
     if not perms or not set(perms) <= set("rwm"):
-        _fail(f"{where}: permissions {perms!r}: a combination of r, w and m")
+        fail(f"{where}: permissions {perms!r}: a combination of r, w and m")
     if not host.startswith("/"):
-        _fail(f"{where}: {host!r} is not an absolute host path")
-    ctr = _abs_dest(ctr, where)
+        fail(f"{where}: {host!r} is not an absolute host path")
+    ctr = abs_dest(ctr, where)
     try:
         st = os.stat(host)
     except OSError as e:
-        _fail(f"{where}: {host}: {(e.strerror or str(e)).lower()}")
+        fail(f"{where}: {host}: {(e.strerror or str(e)).lower()}")
     found = []
     if stat.S_ISDIR(st.st_mode):
         for dirpath, _, files in os.walk(host):
@@ -595,11 +269,11 @@ def parse_device(item: str) -> list[dict]:
                 if dev:
                     found.append(dict(dev, host=path, path=os.path.join(ctr, os.path.relpath(path, host))))
         if not found:
-            _fail(f"{where}: no devices under {host}")
+            fail(f"{where}: no devices under {host}")
     else:
         dev = _device(host)
         if not dev:
-            _fail(f"{where}: {host} is not a device")
+            fail(f"{where}: {host} is not a device")
         found.append(dict(dev, host=host, path=ctr))
     for d in found:
         d["access"] = perms
@@ -625,8 +299,8 @@ def find_init(path: str | None = None) -> str:
         if p and os.path.isfile(p) and os.access(p, os.X_OK):
             return os.path.abspath(p)
     if path:
-        _fail(f"--init-path {path}: no such executable file")
-    _fail("--init: no catatonit or tini found (install catatonit, or give --init-path)")
+        fail(f"--init-path {path}: no such executable file")
+    fail("--init: no catatonit or tini found (install catatonit, or give --init-path)")
 
 
 # -- parse: every flag, checked ----------------------------------------------------------------------
@@ -653,7 +327,7 @@ def parse(*, cap_add=(), cap_drop=(), privileged=False, security_opt=(), read_on
         "shm_size": None if shm_size is None else parse_size(shm_size, "--shm-size"),
     }
     if run["shm_size"] is not None and run["shm_size"] < 1:
-        _fail(f"--shm-size {shm_size}: must be more than 0")
+        fail(f"--shm-size {shm_size}: must be more than 0")
     seen = {}
     for u in ulimits or ():
         lim = parse_ulimit(u)
@@ -667,13 +341,13 @@ def parse(*, cap_add=(), cap_drop=(), privileged=False, security_opt=(), read_on
     dests = set()
     for m in mounts_:
         if m["destination"] in dests:
-            _fail(f"duplicate mount destination {m['destination']}")
+            fail(f"duplicate mount destination {m['destination']}")
         dests.add(m["destination"])
     run["mounts"] = mounts_
     if run["init"]:
         run["init_path"] = find_init(init_path)
         if INIT_PATH in dests:
-            _fail(f"--init: {INIT_PATH} is already a mount destination")
+            fail(f"--init: {INIT_PATH} is already a mount destination")
     return run
 
 
@@ -682,13 +356,13 @@ def add_image_volumes(run: dict, image_config: dict) -> dict:
     (docker's and podman's default); pure, so the names are known before anything is made."""
     vols = image_config.get("Volumes") or {}
     if not isinstance(vols, dict):
-        _fail("image config.Volumes: expected an object")
+        fail("image config.Volumes: expected an object")
     run = dict(run, mounts=list(run.get("mounts") or []))
     dests = {m["destination"] for m in run["mounts"]}
     for path in sorted(vols):
         dest = os.path.normpath(path) if isinstance(path, str) and path.startswith("/") else None
         if dest is None or dest == "/" or ".." in path.split("/"):
-            _fail(f"image config.Volumes: {path!r} is not an absolute path below /")
+            fail(f"image config.Volumes: {path!r} is not an absolute path below /")
         if dest in dests:
             continue
         dests.add(dest)
@@ -850,7 +524,7 @@ def _apply(spec, run, vols, rootfs, network, made):
     if run.get("sysctls"):
         for k in run["sysctls"]:
             if k.startswith("net.") and network == "host":
-                _fail(f"--sysctl {k}: net.* sysctls cannot be set with --network host")
+                fail(f"--sysctl {k}: net.* sysctls cannot be set with --network host")
         linux["sysctl"] = dict(run["sysctls"])
 
     for m in run.get("mounts") or []:
@@ -862,7 +536,7 @@ def _apply(spec, run, vols, rootfs, network, made):
                           "options": list(m["options"])})
         elif m["type"] == "volume":
             if vols is None:
-                _fail("volumes need the engine's volume store")
+                fail("volumes need the engine's volume store")
             rec, new = vols.ensure(m["name"], anonymous=m.get("anonymous", False))
             if new:
                 made.append(m["name"])
@@ -942,22 +616,3 @@ def inspect_host_config(run: dict | None) -> dict:
                      "CgroupPermissions": d["access"]} for d in run.get("devices") or []],
         "ShmSize": run.get("shm_size") or 64 << 20,
     }
-
-
-def inspect_mounts(run: dict | None, volumes_dir: str) -> list[dict]:
-    """podman's inspect "Mounts" list."""
-    out = []
-    for m in (run or {}).get("mounts") or []:
-        if m["type"] == "tmpfs":
-            continue
-        rw = m.get("mode") != "ro"
-        prop = next((o for o in m["options"] if o in PROPAGATION), "rprivate")
-        e = {"Type": m["type"], "Destination": m["destination"], "Driver": "", "Mode": "",
-             "Options": [o for o in m["options"] if o in ("rbind", "bind", "nosuid", "nodev", "noexec")],
-             "RW": rw, "Propagation": prop}
-        if m["type"] == "volume":
-            e.update(Name=m["name"], Source=os.path.join(volumes_dir, m["name"], "_data"), Driver="local")
-        else:
-            e["Source"] = m["source"]
-        out.append(e)
-    return out
