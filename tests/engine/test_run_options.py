@@ -148,21 +148,35 @@ def test_read_only_root(engine, runtime):
     assert "REFUSED" in out, out
 
 
-def _cgroup_file(engine, cid, controller, name):
-    return os.path.join("/sys/fs/cgroup", controller, engine.cgroup_parent.lstrip("/"), cid, name)
+V1 = os.path.isdir("/sys/fs/cgroup/memory")   # v1 or hybrid memory controller (this machine)
 
 
-def _read_while_running(engine, runtime, files, **opts):
+def _limits_while_running(engine, runtime, **opts):
+    """The container's cgroup limits read on the host, in v1 terms on v1 and v2 hosts alike."""
     c = engine.create(IMAGE, ["sleep", "30"], runtime=runtime, run_options=specgen.parse(**opts))
     engine.start(c["id"])
+    rel = os.path.join(engine.cgroup_parent.lstrip("/"), c["id"])
+
+    def read(controller, v1name, v2name):
+        path = os.path.join("/sys/fs/cgroup", controller, rel, v1name) if V1 else \
+            os.path.join("/sys/fs/cgroup", rel, v2name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return f.read().strip()
+
     try:
-        out = {}
-        for controller, name in files:
-            path = _cgroup_file(engine, c["id"], controller, name)
-            if not os.path.exists(path):   # pure cgroup v2 hosts
-                path = os.path.join("/sys/fs/cgroup", engine.cgroup_parent.lstrip("/"), c["id"], name)
-            with open(path) as f:
-                out[name] = f.read().strip()
+        out = {"memory": read("memory", "memory.limit_in_bytes", "memory.max"),
+               "reservation": read("memory", "memory.soft_limit_in_bytes", "memory.low"),
+               "swap": read("memory", "memory.memsw.limit_in_bytes", "memory.swap.max"),
+               "pids": read("pids", "pids.max", "pids.max"),
+               "cpuset": read("cpuset", "cpuset.cpus", "cpuset.cpus")}
+        if V1:
+            out["cpu"] = (read("cpu", "cpu.cfs_quota_us", ""), read("cpu", "cpu.cfs_period_us", ""))
+            out["shares"] = read("cpu", "cpu.shares", "")
+        else:
+            out["cpu"] = tuple(read("", "", "cpu.max").split())
+            out["shares"] = read("", "", "cpu.weight")
         return out
     finally:
         engine.remove(c["id"], force=True)
@@ -170,8 +184,10 @@ def _read_while_running(engine, runtime, files, **opts):
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_memory_limit_and_oom_kill(engine, runtime):
-    got = _read_while_running(engine, runtime, [("memory", "memory.limit_in_bytes")], memory="32m")
-    assert int(got["memory.limit_in_bytes"]) == 32 << 20
+    got = _limits_while_running(engine, runtime, memory="32m", memory_reservation="16m")
+    assert int(got["memory"]) == 32 << 20 and int(got["reservation"]) == 16 << 20
+    if specgen.swap_accounting():   # docker's default: as much swap as memory (v2 counts swap alone)
+        assert int(got["swap"]) == (64 << 20 if V1 else 32 << 20)
     # a 64 MiB buffer does not fit in 24 MiB: the kernel's OOM killer ends it (128 + 9)
     code, out = run(engine, ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], runtime,
                     memory="24m", memory_swap="24m")
@@ -183,12 +199,11 @@ def test_memory_limit_and_oom_kill(engine, runtime):
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_cpu_and_pids_limits(engine, runtime):
-    got = _read_while_running(engine, runtime, [("cpu", "cpu.cfs_quota_us"), ("cpu", "cpu.cfs_period_us"),
-                                                ("cpu", "cpu.shares"), ("pids", "pids.max"),
-                                                ("cpuset", "cpuset.cpus")],
-                              cpus="0.5", cpu_shares="512", pids_limit="40", cpuset_cpus="0")
-    assert got == {"cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000", "cpu.shares": "512",
-                   "pids.max": "40", "cpuset.cpus": "0"}
+    got = _limits_while_running(engine, runtime, cpus="0.5", cpu_shares="512", pids_limit="40",
+                                cpuset_cpus="0")
+    assert got["cpu"] == ("50000", "100000") and got["pids"] == "40" and got["cpuset"] == "0"
+    # v2 has weights: runc's conversion of shares 512
+    assert got["shares"] == ("512" if V1 else str(1 + (512 - 2) * 9999 // 262142))
     # a fork loop stops at the limit instead of filling the machine
     code, out = run(engine, ["sh", "-c", "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; "
                              "echo STARTED-ALL"], runtime, pids_limit="20")
