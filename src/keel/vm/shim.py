@@ -277,7 +277,7 @@ class Shim:
                 if fd == ctl:
                     data = self.conn.recv(262144)
                     if not data:
-                        return self._finish(None, "the agent closed its channel")
+                        return self._finish(None, self._why_closed())
                     for mtype, f in self.reader.feed(data):
                         done = self._on_frame(mtype, f, poller)
                         if done is not None:
@@ -325,6 +325,16 @@ class Shim:
                         poller.unregister(fd)
                         cl.stdin_fd = None
                         self.send(P.CLOSE_STDIN, id=cl.proc_id)
+
+    def _why_closed(self):
+        # A panicking guest closes the port a moment before QEMU exits: give it that moment.
+        import subprocess
+
+        try:
+            self.vm.qemu.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            return "the agent closed its channel"
+        return f"the VM stopped: {self.vm.failure()}"
 
     def _resize(self, proc_id, fd):
         import fcntl
@@ -487,11 +497,15 @@ def exit_like(status):
         sig = os.WTERMSIG(status)
         import resource
 
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-        os.kill(os.getpid(), sig)
-        time.sleep(0.1)
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+            os.kill(os.getpid(), sig)
+            time.sleep(0.1)
+        except (OSError, ValueError):
+            pass
         os._exit(128 + sig)
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255)
 
@@ -534,5 +548,8 @@ def run_shim(shim):
         except BaseException:  # noqa: BLE001
             pass
         os._exit(255 if shim.ready_fd is None else 1)
-    exit_like(status)
+    try:
+        exit_like(status)
+    finally:
+        os._exit(255)  # the forked shim must never return into its creator's code
 
