@@ -7,7 +7,6 @@ import time
 from keel.oci import config as oci_config
 from keel.oci.errors import ConfigError
 from keel.runtime import log
-from keel.vm import assets as vm_assets
 from keel.vm.errors import VMError
 from keel.vm.guestspec import IGNORED, Share, create_fields, vm_size
 from keel.vm.state import VMContainer, boot_id, check_id, proc_start_time
@@ -46,13 +45,6 @@ def create(root, cid, bundle, console_socket=None, pid_file=None):
     memory_mib, vcpus = vm_size(config)
     for what in IGNORED:
         log.debug(f"not applied inside the VM (the VM is the boundary): {what}")
-    cache = vm_assets.cache_dir()
-    assets = vm_assets.ensure(cache)
-    from keel.vm.accel import choose
-
-    accel, reason = choose(assets, cache)
-    log.debug(f"accelerator {accel}: {reason}")
-
     os.makedirs(root, mode=0o711, exist_ok=True)
     c = VMContainer(root, cid)
     try:
@@ -67,7 +59,7 @@ def create(root, cid, bundle, console_socket=None, pid_file=None):
     r, w = os.pipe2(os.O_CLOEXEC)
     from keel.vm.shim import Shim, run_shim
 
-    shim = Shim(c, fields, share, assets, accel, memory_mib, vcpus, os.getpid(), w, console_socket)
+    shim = Shim(c, fields, share, memory_mib, vcpus, os.getpid(), w, console_socket)
     pid = os.fork()
     if pid == 0:
         os.close(r)
@@ -89,6 +81,9 @@ def create(root, cid, bundle, console_socket=None, pid_file=None):
     c = VMContainer.load(root, cid)
     if pid_file:
         _write_pid_file(pid_file, c.pid)
+    from keel.vm.pool import ensure_keeper
+
+    ensure_keeper(root)  # with KEEL_VM_POOL_SIZE set: VMs for the next containers boot now
     return c
 
 

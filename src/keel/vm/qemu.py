@@ -140,8 +140,13 @@ class VM:
     def _log(self, name):
         return open(os.path.join(self.workdir, name), "ab")
 
-    def pids(self):
-        return [p.pid for p in (self.qemu, self.virtiofsd) if p is not None]
+    @property
+    def qemu_pid(self):
+        return self.qemu.pid if self.qemu else 0
+
+    @property
+    def virtiofsd_pid(self):
+        return self.virtiofsd.pid if self.virtiofsd else 0
 
     def failure(self):
         """Why the VM stopped, from QEMU's own log and the guest console (for error messages)."""

@@ -81,10 +81,9 @@ class Client:
 
 
 class Shim:
-    def __init__(self, c, fields, share, assets, accel, memory_mib, vcpus, creator_pid, ready_fd,
-                 console_socket=None):
-        self.c, self.fields, self.share, self.assets = c, fields, share, assets
-        self.accel, self.memory_mib, self.vcpus = accel, memory_mib, vcpus
+    def __init__(self, c, fields, share, memory_mib, vcpus, creator_pid, ready_fd, console_socket=None):
+        self.c, self.fields, self.share = c, fields, share
+        self.accel, self.memory_mib, self.vcpus = None, memory_mib, vcpus
         self.creator_pid, self.ready_fd, self.console_socket = creator_pid, ready_fd, console_socket
         self.vm = None
         self.conn = None
@@ -101,6 +100,8 @@ class Shim:
         self.out_fd, self.err_fd, self.in_fd = 1, 2, 0
         self.started = False
         self.start_client = None
+        self.path = "cold"
+        self.kernel = ""
 
     # ---- set-up ----
     def _signals(self):
@@ -113,14 +114,23 @@ class Shim:
     def _on_signal(self, sig, _frame):
         self.pending_signals.append(sig)
 
-    def _build_share(self):
-        libc.unshare(NAMESPACE_FLAGS["mount"])
-        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-        os.makedirs(self.share_dir, exist_ok=True)
-        libc.mount("keel-share", self.share_dir, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755,size=64k")
+    def _build_share(self, private_ns):
+        """Bind the rootfs and bind-mount sources under share/<prefix>; rewrite CREATE to match.
+
+        Cold path: our own private mount namespace and tmpfs share. Warm path: the pool VM's
+        namespace and share (already served by its virtiofsd), entered before this."""
+        if private_ns:
+            libc.unshare(NAMESPACE_FLAGS["mount"])
+            libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+            os.makedirs(self.share_dir, exist_ok=True)
+            libc.mount("keel-share", self.share_dir, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+                       "mode=0755,size=64k")
+        prefix = "c-" + os.urandom(6).hex()  # a fresh name per container: no guest cache can hit it
+        base = os.path.join(self.share_dir, prefix)
+        os.mkdir(base, 0o755)
         entries = [("rootfs", self.c.data["rootfs"], bool(self.fields.get("readonly")))] + self.share.entries
         for name, src, ro in entries:
-            dst = os.path.join(self.share_dir, name)
+            dst = os.path.join(base, name)
             if os.path.isdir(src):
                 os.mkdir(dst)
             else:
@@ -128,6 +138,10 @@ class Shim:
             libc.mount(src, dst, None, libc.MS_BIND | libc.MS_REC)
             if ro:
                 libc.mount(None, dst, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC)
+        self.fields["rootfs"] = f"{prefix}/rootfs"
+        self.fields["mnt_src"] = [f"/keel/share/{prefix}/{src[len('/keel/share/'):]}"
+                                  if src.startswith("/keel/share/") else src for src in self.fields["mnt_src"]]
+        self.prefix_dir = base
 
     def _wait(self, fds, timeout):
         """Wait until one of `fds` is readable; watches QEMU, the creator and signals meanwhile."""
@@ -174,29 +188,53 @@ class Shim:
             self._queued = self.reader.feed(data)
 
     def boot_and_create(self):
-        self._build_share()
-        self.vm = VM(self.c.dir, self.share_dir, self.assets, self.accel, self.memory_mib, self.vcpus,
-                     name="keel-" + self.c.id[:48])
+        from keel.vm import pool
+
         t0 = time.monotonic()
-        listener = self.vm.start()
-        self.qemu_fd = os.pidfd_open(self.vm.qemu.pid)
         timeout = boot_timeout()
-        self._wait([listener.fileno()], timeout)
-        self.conn, _ = listener.accept()
-        mtype, f = self._frame(timeout)
-        if mtype != P.HELLO:
-            raise BootError(f"the agent sent {P.NAMES.get(mtype, mtype)} before HELLO")
-        if f.get("version") != P.VERSION:
-            raise BootError(f"the agent speaks protocol {f.get('version')}, keel-vm {P.VERSION}")
-        self.kernel = f.get("kernel", b"").decode(errors="replace")
-        boot_ms = (time.monotonic() - t0) * 1000
-        log.debug(f"vm booted in {boot_ms:.0f} ms: accel={self.accel} path=cold kernel={self.kernel} "
-                  f"memory={self.memory_mib}MiB vcpus={self.vcpus}")
+        adopted = pool.claim(os.path.dirname(self.c.dir), self.memory_mib, self.vcpus) \
+            if pool.pool_size() > 0 else None
+        if adopted is not None:
+            self.path = "warm"
+            self.vm = adopted
+            self.accel = adopted.accel
+            self.share_dir = adopted.share
+            adopted.enter_namespace()
+            self._build_share(private_ns=False)
+            self.qemu_fd = os.pidfd_open(adopted.qemu_pid)
+            self.conn = adopted.conn
+            self.kernel = adopted.kernel
+        else:
+            from keel.vm import assets as vm_assets
+            from keel.vm.accel import choose
+
+            self.path = "cold"
+            cache = vm_assets.cache_dir()
+            assets = vm_assets.ensure(cache)
+            self.accel, reason = choose(assets, cache)
+            log.debug(f"accelerator {self.accel}: {reason}")
+            self._build_share(private_ns=True)
+            self.vm = VM(self.c.dir, self.share_dir, assets, self.accel, self.memory_mib, self.vcpus,
+                         name="keel-" + self.c.id[:48])
+            listener = self.vm.start()
+            self.qemu_fd = os.pidfd_open(self.vm.qemu.pid)
+            self._wait([listener.fileno()], timeout)
+            self.conn, _ = listener.accept()
+            mtype, f = self._frame(timeout)
+            if mtype != P.HELLO:
+                raise BootError(f"the agent sent {P.NAMES.get(mtype, mtype)} before HELLO")
+            if f.get("version") != P.VERSION:
+                raise BootError(f"the agent speaks protocol {f.get('version')}, keel-vm {P.VERSION}")
+            self.kernel = f.get("kernel", b"").decode(errors="replace")
+        log.debug(f"vm ready in {(time.monotonic() - t0) * 1000:.0f} ms: path={self.path} "
+                  f"accel={self.accel} kernel={self.kernel} memory={self.memory_mib}MiB vcpus={self.vcpus}")
         self.send(P.CREATE, id=INIT_ID, **self.fields)
         while True:
             mtype, f = self._frame(timeout)
             if mtype == P.READY:
                 self.guest_pid = f.get("pid")
+                log.debug(f"container process created in the guest (pid {self.guest_pid} there) "
+                          f"{(time.monotonic() - t0) * 1000:.0f} ms after the VM was asked for")
                 return
             if mtype == P.ERROR:
                 raise BootError(f.get("message", b"").decode(errors="replace"))
@@ -328,11 +366,8 @@ class Shim:
 
     def _why_closed(self):
         # A panicking guest closes the port a moment before QEMU exits: give it that moment.
-        import subprocess
-
-        try:
-            self.vm.qemu.wait(timeout=3)
-        except subprocess.TimeoutExpired:
+        r, _, _ = select.select([self.qemu_fd], [], [], 3)
+        if not r:
             return "the agent closed its channel"
         return f"the VM stopped: {self.vm.failure()}"
 
@@ -353,6 +388,7 @@ class Shim:
             self._output(f)
         elif mtype == P.STARTED:
             if pid == INIT_ID:
+                log.debug("container process started")
                 self.started = True
                 self._save(status="running")
                 if self.start_client:
@@ -366,6 +402,7 @@ class Shim:
         elif mtype == P.EXIT:
             status = f.get("status", 255 << 8)
             if pid == INIT_ID:
+                log.debug(f"container process exited (wait status {status:#x})")
                 return self._finish(status)
             cl = self.by_proc.pop(pid, None)
             if cl is not None:
@@ -469,6 +506,7 @@ class Shim:
         for cl in list(self.by_proc.values()):
             cl.reply({"error": why or "the container stopped"})
         self.teardown()
+        log.debug("vm stopped")
         return status
 
     def teardown(self):
@@ -481,14 +519,15 @@ class Shim:
                 os.unlink(os.path.join(self.c.dir, name))
             except FileNotFoundError:
                 pass
-        try:
-            libc.umount(self.share_dir, libc.MNT_DETACH)
-        except Exception:  # noqa: BLE001 - never mounted (failed early): nothing to undo
-            pass
-        try:
-            os.rmdir(self.share_dir)
-        except OSError:
-            pass
+        if self.path == "cold":
+            try:
+                libc.umount(self.share_dir, libc.MNT_DETACH)
+            except Exception:  # noqa: BLE001 - never mounted (failed early): nothing to undo
+                pass
+            try:
+                os.rmdir(self.share_dir)
+            except OSError:
+                pass
 
 
 def exit_like(status):
@@ -520,11 +559,11 @@ def run_shim(shim):
         shim._setup_terminal()
         start_time, _ = proc_start_time(os.getpid())
         shim._save(status="created", pid=os.getpid(), initStartTime=start_time,
-                   vm={"accel": shim.accel, "path": "cold", "kernel": shim.kernel,
+                   vm={"accel": shim.accel, "path": shim.path, "kernel": shim.kernel,
                        "memoryMiB": shim.memory_mib, "vcpus": shim.vcpus,
-                       "qemuPid": shim.vm.qemu.pid, "qemuStart": proc_start_time(shim.vm.qemu.pid)[0],
-                       "virtiofsdPid": shim.vm.virtiofsd.pid,
-                       "virtiofsdStart": proc_start_time(shim.vm.virtiofsd.pid)[0]})
+                       "qemuPid": shim.vm.qemu_pid, "qemuStart": proc_start_time(shim.vm.qemu_pid)[0],
+                       "virtiofsdPid": shim.vm.virtiofsd_pid,
+                       "virtiofsdStart": proc_start_time(shim.vm.virtiofsd_pid)[0]})
         if shim.creator_fd is not None:
             os.close(shim.creator_fd)
             shim.creator_fd = None
