@@ -64,6 +64,8 @@ def kill_pids(pids):
 class VMRuntime:
     def __init__(self, root):
         self.root = root
+        # the warm pool is off unless a test turns it on (pool tests set KEEL_VM_POOL_SIZE)
+        self.env = dict(os.environ, KEEL_VM_POOL_SIZE="0")
 
     def argv(self, *args):
         return [KEEL_VM, "--root", self.root] + [str(a) for a in args]
@@ -72,7 +74,7 @@ class VMRuntime:
         # stdout/stderr go to files, not pipes: a shim keeps the caller's stdio open as runc's
         # init does, so a pipe would not reach EOF until the container ends
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            r = subprocess.run(self.argv(*args), stdout=out, stderr=err, timeout=timeout,
+            r = subprocess.run(self.argv(*args), stdout=out, stderr=err, timeout=timeout, env=self.env,
                                stdin=subprocess.DEVNULL if input is None else None, input=input)
             out.seek(0)
             err.seek(0)
@@ -80,7 +82,7 @@ class VMRuntime:
                                                err.read().decode())
 
     def popen(self, *args, **kw):
-        return subprocess.Popen(self.argv(*args), **kw)
+        return subprocess.Popen(self.argv(*args), env=self.env, **kw)
 
     def state(self, cid):
         r = self("state", cid)
@@ -112,9 +114,24 @@ class VMRuntime:
             found["files"] = files
         return found
 
+    def stop_keeper(self):
+        """SIGTERM the pool keeper of our root (it removes its unclaimed VMs); True if one ran."""
+        keepers = [p for p in pids_mentioning(self.root)
+                   if b"keeper_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+        for p in keepers:
+            os.kill(p, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in keepers):
+            time.sleep(0.05)
+        return bool(keepers)
+
     def cleanup(self):
+        try:
+            self.stop_keeper()
+        except OSError:
+            pass
         stray = []
-        for cid in os.listdir(self.root) if os.path.isdir(self.root) else ():
+        for cid in (c for c in os.listdir(self.root) if c != ".pool") if os.path.isdir(self.root) else ():
             stray += [p for p in self.vm_pids(cid) if os.path.exists(f"/proc/{p}")]
             self("delete", "--force", cid, timeout=30)
         stray = sorted(set(stray + pids_mentioning(self.root)))

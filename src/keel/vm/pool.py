@@ -129,9 +129,10 @@ class AdoptedVM:
             os.close(fd)
 
     def stop(self):
-        """Release the VM: the holder kills QEMU and virtiofsd; wait until QEMU is gone."""
+        """Release the VM: the holder kills and reaps QEMU and virtiofsd, removes its directory,
+        and exits; wait for that, so a stopped container has no VM left."""
         try:
-            qfd = os.pidfd_open(self.qemu_pid)
+            qfd = os.pidfd_open(self.holder_pid)
         except OSError:
             qfd = None
         try:
@@ -398,6 +399,7 @@ def keeper_main(argv=None):
 
         for _, vmid in unclaimed:
             shutil.rmtree(os.path.join(pool, vmid), ignore_errors=True)
+        os.unlink(os.path.join(pool, "keeper.lock"))  # while still held: the next keeper makes its own
         lock.close()
         try:
             os.rmdir(pool)  # only when empty: claimed VMs' holders remove their own dirs
