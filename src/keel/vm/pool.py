@@ -112,6 +112,7 @@ class AdoptedVM:
         self.holder_pid, self.qemu_pid, self.virtiofsd_pid = info["holder"], info["qemu"], info["virtiofsd"]
         self.kernel, self.accel = info["kernel"], info["accel"]
         self.memory_mib, self.vcpus = info["memoryMiB"], info["vcpus"]
+        self.qemu_pidfd = os.pidfd_open(self.qemu_pid)
 
     def failure(self):
         from keel.vm.qemu import VM
@@ -135,6 +136,13 @@ class AdoptedVM:
             qfd = os.pidfd_open(self.holder_pid)
         except OSError:
             qfd = None
+        try:
+            # QEMU first and directly, through the pidfd taken at adoption (never a recycled
+            # pid); then the holder reaps it and finishes the rest.
+            signal.pidfd_send_signal(self.qemu_pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        os.close(self.qemu_pidfd)
         try:
             _send(self.holder_sock, {"op": "stop"})
         except OSError:
@@ -173,7 +181,11 @@ def claim(root, memory_mib, vcpus):
         h.close()
         return None
     h.settimeout(None)
-    return AdoptedVM(h, info, socket.socket(fileno=fds[0]))
+    try:
+        return AdoptedVM(h, info, socket.socket(fileno=fds[0]))
+    except OSError:  # its QEMU is already gone
+        h.close()
+        return None
 
 
 def keeper_running(root):

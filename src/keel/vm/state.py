@@ -36,6 +36,14 @@ class VMContainer(Container):
         except RuntimeError_ as e:
             raise VMError(str(e)) from None
 
+    def save(self):
+        """Atomic (temp file + rename) without fsync: run state is void after a reboot anyway
+        (bootId), and the shim saves on the start and exit paths where an fsync costs most."""
+        tmp = os.path.join(self.dir, "state.json.tmp")
+        with open(tmp, "wb") as f:
+            f.write(fastjson.dumps(self.data).encode())
+        os.rename(tmp, os.path.join(self.dir, "state.json"))
+
     def status(self):
         st = self.data.get("status")
         if st == "creating":

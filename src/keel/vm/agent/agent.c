@@ -689,7 +689,9 @@ static void reaped(struct proc *p, int status)
     if (p->in_fd >= 0) { close(p->in_fd); p->in_fd = -1; }
     if (p->go_fd >= 0) { close(p->go_fd); p->go_fd = -1; }
     if (p->fail_fd >= 0) { close(p->fail_fd); p->fail_fd = -1; }
-    sync(); /* virtiofs writes are synchronous, but make the exit a durability point anyway */
+    /* No sync() here: without a writeback cache every write() through virtiofs has reached the
+     * host before it returns, and a guest syncfs would make virtiofsd syncfs the host's whole
+     * filesystem (tens of milliseconds on a busy host) at every exit. */
     begin(M_EXIT); f_int(K_ID, p->id); f_int(K_STATUS, status); send_frame();
     if (p->pid == init_pid) init_pid = -1;
     p->used = 0;
