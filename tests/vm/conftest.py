@@ -45,6 +45,16 @@ def pids_mentioning(text):
     return found
 
 
+def alive(pid):
+    """True while `pid` runs (a zombie waiting for its reaper is not running)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            st = f.read()
+    except OSError:
+        return False
+    return st[st.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+
+
 def kill_pids(pids):
     for p in pids:
         try:
@@ -130,11 +140,12 @@ class VMRuntime:
             self.stop_keeper()
         except OSError:
             pass
-        stray = []
+        ours = []
         for cid in (c for c in os.listdir(self.root) if c != ".pool") if os.path.isdir(self.root) else ():
-            stray += [p for p in self.vm_pids(cid) if os.path.exists(f"/proc/{p}")]
+            ours += self.vm_pids(cid)
             self("delete", "--force", cid, timeout=30)
-        stray = sorted(set(stray + pids_mentioning(self.root)))
+        # what delete --force did not end (pids from the state, or naming our root)
+        stray = sorted(set([p for p in ours if alive(p)] + pids_mentioning(self.root)))
         kill_pids(stray)
         return stray
 

@@ -111,17 +111,33 @@ def delete(c, force=False):
 
 
 def _kill_leftovers(c):
-    """QEMU and virtiofsd die with their shim (PDEATHSIG); make sure by pid and start time."""
+    """QEMU and virtiofsd die with their shim (PDEATHSIG): wait for that, by pid and start time;
+    SIGKILL what still runs after 2 s. A zombie waiting for its reaper counts as gone."""
     from keel.vm.state import proc_start_time
 
     vm = c.data.get("vm") or {}
-    for key in ("qemu", "virtiofsd"):
-        pid, start = vm.get(key + "Pid"), vm.get(key + "Start")
-        if pid and start and proc_start_time(pid)[0] == start:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    procs = [(vm.get(k + "Pid"), vm.get(k + "Start")) for k in ("qemu", "virtiofsd")]
+
+    def running():
+        out = []
+        for pid, start in procs:
+            if pid and start:
+                t, st = proc_start_time(pid)
+                if t == start and st not in ("Z", "X"):
+                    out.append(pid)
+        return out
+
+    grace, deadline = time.monotonic() + 2, time.monotonic() + 10
+    left = running()
+    while left and time.monotonic() < deadline:
+        if time.monotonic() > grace:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.02)
+        left = running()
 
 
 def cmd_delete(opts, args):

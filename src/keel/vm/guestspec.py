@@ -94,6 +94,9 @@ def create_fields(config, share, warn):
     if config.get("process") is None:
         raise VMError("process: required to create a container")
     fields = process_fields(config["process"])
+    size = config["process"].get("consoleSize")
+    if size and config["process"].get("terminal"):
+        fields["console_size"] = (size.get("height", 0), size.get("width", 0))  # for the shim, not the wire
     fields.update(rootfs="rootfs", readonly=1 if config["root"].get("readonly") else 0,
                   hostname=config.get("hostname") or "", nsflags=namespaces(config, warn))
     if config.get("domainname"):

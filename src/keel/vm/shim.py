@@ -83,6 +83,7 @@ class Client:
 class Shim:
     def __init__(self, c, fields, share, memory_mib, vcpus, creator_pid, ready_fd, console_socket=None):
         self.c, self.fields, self.share = c, fields, share
+        self.console_size = fields.pop("console_size", None)  # applied to the host pty, not sent
         self.accel, self.memory_mib, self.vcpus = None, memory_mib, vcpus
         self.creator_pid, self.ready_fd, self.console_socket = creator_pid, ready_fd, console_socket
         self.vm = None
@@ -264,6 +265,11 @@ class Shim:
 
         master, slave = os.openpty()
         tty.setraw(slave)
+        size = self.console_size
+        if size:
+            import struct
+
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
         os.setsid()
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -28,6 +28,7 @@
 #include <sys/reboot.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -449,6 +450,47 @@ static char *lookpath(const char *arg0, char **env)
     return NULL;
 }
 
+/* The container's terminal comes from its own devpts (as with runc), so the child makes the
+ * pty after its mounts and hands the master to the agent over a socketpair. */
+static void make_console(int sock)
+{
+    char pts[64];
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0 || grantpt(m) < 0 || unlockpt(m) < 0 || ptsname_r(m, pts, sizeof pts))
+        fail("open a pty in the container (/dev/ptmx): %s", strerror(errno));
+    int s = open(pts, O_RDWR);
+    if (s < 0) fail("open %s: %s", pts, strerror(errno));
+    if (ioctl(s, TIOCSCTTY, 0) < 0) fail("make %s the controlling terminal: %s", pts, strerror(errno));
+    dup2(s, 0); dup2(s, 1); dup2(s, 2);
+    if (s > 2) close(s);
+    char c = 'm';
+    struct iovec iov = { &c, 1 };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr mh = { 0 };
+    mh.msg_iov = &iov; mh.msg_iovlen = 1; mh.msg_control = u.buf; mh.msg_controllen = sizeof u.buf;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET; cm->cmsg_type = SCM_RIGHTS; cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &m, sizeof(int));
+    if (sendmsg(sock, &mh, 0) < 0) fail("pass the pty master: %s", strerror(errno));
+    close(m);
+    close(sock);
+}
+
+static int recv_console(int sock)
+{
+    char c;
+    struct iovec iov = { &c, 1 };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr mh = { 0 };
+    mh.msg_iov = &iov; mh.msg_iovlen = 1; mh.msg_control = u.buf; mh.msg_controllen = sizeof u.buf;
+    if (recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0) return -1;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    if (!cm || cm->cmsg_type != SCM_RIGHTS) return -1;
+    int fd;
+    memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+    return fd;
+}
+
 static void set_caps(struct msg *m)
 {
     uint64_t bnd = iget(m, K_CAP_BND, 0), eff = iget(m, K_CAP_EFF, 0), prm = iget(m, K_CAP_PRM, 0);
@@ -463,7 +505,7 @@ static void set_caps(struct msg *m)
 }
 
 /* In the child: everything up to the exec. Returns the resolved path; the caller waits for start. */
-static char *setup_child(struct msg *m, int exec_join, char **args, char **env)
+static char *setup_child(struct msg *m, int exec_join, char **args, char **env, int console_sock)
 {
     uint32_t ng = 0;
     struct field *groups = &m->f[K_GROUPS];
@@ -487,6 +529,7 @@ static char *setup_child(struct msg *m, int exec_join, char **args, char **env)
         if (*hostname && sethostname(hostname, strlen(hostname)) < 0) fail("sethostname: %s", strerror(errno));
         do_sysctls(m);
     }
+    if (console_sock >= 0) make_console(console_sock);
     struct field *rt = &m->f[K_RL_TYPE], *rs = &m->f[K_RL_SOFT], *rh = &m->f[K_RL_HARD];
     if (rt->count != rs->count || rt->count != rh->count) fail("rlimits: malformed message");
     for (uint32_t i = 0; i < rt->count; i++) {
@@ -525,11 +568,10 @@ static void spawn(struct msg *m, int is_exec)
     if (!p) { send_error(id, "too many processes"); return; }
     int terminal = iget(m, K_TERMINAL, 0);
     int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, rdy[2], go[2], errp[2];
-    int pty_master = -1; char pts[64] = "";
+    int tsock[2] = { -1, -1 };
     if (terminal) {
-        pty_master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (pty_master < 0 || grantpt(pty_master) < 0 || unlockpt(pty_master) < 0 || ptsname_r(pty_master, pts, sizeof pts)) {
-            send_error(id, "open a pty: %s", strerror(errno)); p->used = 0; return;
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, tsock) < 0) {
+            send_error(id, "socketpair: %s", strerror(errno)); p->used = 0; return;
         }
     } else if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
         send_error(id, "pipe: %s", strerror(errno)); p->used = 0; return;
@@ -577,16 +619,9 @@ static void spawn(struct msg *m, int is_exec)
             prctl(PR_SET_PDEATHSIG, SIGKILL);
         }
         setsid();
-        if (terminal) {
-            int s = open(pts, O_RDWR);
-            if (s < 0) fail("open %s: %s", pts, strerror(errno));
-            ioctl(s, TIOCSCTTY, 0);
-            dup2(s, 0); dup2(s, 1); dup2(s, 2);
-            if (s > 2) close(s);
-        } else {
-            dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2);
-        }
-        char *path = setup_child(m, is_exec, args, env);
+        if (terminal) close(tsock[0]);
+        else { dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2); }
+        char *path = setup_child(m, is_exec, args, env, terminal ? tsock[1] : -1);
         if (!is_exec) {
             /* tell the agent we are ready, then wait for START (EOF: abandoned before start) */
             char c = 0;
@@ -600,7 +635,7 @@ static void spawn(struct msg *m, int is_exec)
     close(rdy[1]); close(go[0]); close(errp[1]);
     if (root_fd >= 0) close(root_fd);
     p->pid = pid;
-    if (terminal) { p->pty = pty_master; set_nonblock(pty_master); }
+    if (terminal) close(tsock[1]);
     else {
         close(in[0]); close(out[1]); close(err[1]);
         p->in_fd = in[1]; p->out_fd = out[0]; p->err_fd = err[0];
@@ -616,18 +651,30 @@ static void spawn(struct msg *m, int is_exec)
             ssize_t n = read(errp[0], buf, sizeof buf - 1);
             buf[n > 0 ? n : 0] = 0;
             close(errp[0]); close(go[1]);
+            if (terminal) close(tsock[0]);
             /* the child has exited: its EXIT frame follows this ERROR once it is reaped */
             send_error(id, "%s", n > 0 ? buf : "the container process failed before start");
             return;
         }
         p->go_fd = go[1];
         p->fail_fd = errp[0];
+        if (terminal) {
+            p->pty = recv_console(tsock[0]);
+            close(tsock[0]);
+            if (p->pty < 0) { send_error(id, "the container's pty did not arrive"); kill(pid, SIGKILL); return; }
+            set_nonblock(p->pty);
+        }
         init_pid = pid;
         begin(M_READY); f_int(K_ID, id); f_int(K_PID, pid); send_frame();
     } else {
         close(rdy[0]); close(go[1]);
         ssize_t n = read(errp[0], buf, sizeof buf - 1);
         close(errp[0]);
+        if (terminal) {
+            p->pty = recv_console(tsock[0]);
+            close(tsock[0]);
+            if (p->pty >= 0) set_nonblock(p->pty);
+        }
         if (n > 0) { buf[n] = 0; send_error(id, "%s", buf); return; }
         p->started = 1;
         begin(M_STARTED); f_int(K_ID, id); f_int(K_PID, pid); send_frame();
