@@ -107,6 +107,13 @@ def delete(c, force=False):
     while c.alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     _kill_leftovers(c)
+    if c.data.get("vmCgroup"):
+        from keel.kernel.cgroups import Cgroup, CgroupError
+
+        try:
+            Cgroup.from_dict(c.data["vmCgroup"]).destroy(timeout=5)
+        except CgroupError as e:
+            raise VMError(f"cannot delete container {c.id!r}: its cgroup: {e}") from None
     shutil.rmtree(c.dir, ignore_errors=True)
 
 

@@ -8,7 +8,7 @@ from keel.oci import config as oci_config
 from keel.oci.errors import ConfigError
 from keel.runtime import log
 from keel.vm.errors import VMError
-from keel.vm.guestspec import IGNORED, Share, create_fields, vm_size
+from keel.vm.guestspec import Share, create_fields, ignored, vm_size
 from keel.vm.state import VMContainer, boot_id, check_id, proc_start_time
 
 
@@ -43,8 +43,8 @@ def create(root, cid, bundle, console_socket=None, pid_file=None):
     share = Share()
     fields = create_fields(config, share, log.warn)
     memory_mib, vcpus = vm_size(config)
-    for what in IGNORED:
-        log.debug(f"not applied inside the VM (the VM is the boundary): {what}")
+    for what in ignored(config):
+        log.debug(f"not applied (the VM is the boundary, as Kata's defaults): {what}")
     os.makedirs(root, mode=0o711, exist_ok=True)
     c = VMContainer(root, cid)
     try:
@@ -59,7 +59,8 @@ def create(root, cid, bundle, console_socket=None, pid_file=None):
     r, w = os.pipe2(os.O_CLOEXEC)
     from keel.vm.shim import Shim, run_shim
 
-    shim = Shim(c, fields, share, memory_mib, vcpus, os.getpid(), w, console_socket)
+    shim = Shim(c, fields, share, memory_mib, vcpus, os.getpid(), w, console_socket,
+                cgroups_path=(config.get("linux") or {}).get("cgroupsPath"))
     pid = os.fork()
     if pid == 0:
         os.close(r)

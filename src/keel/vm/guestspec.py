@@ -3,7 +3,7 @@
 The host does the parsing (mount options to MS_* flags, capability names to masks, rlimit
 names to numbers) so the guest agent stays a small C program that only applies numbers.
 Everything in the config is either honoured in the guest or refused with an error naming the
-field; the few parts that have no meaning inside a VM are listed in IGNORED and logged.
+field; the few parts that have no meaning inside a VM are listed by ignored() and logged.
 """
 
 import os
@@ -17,8 +17,16 @@ from keel.vm.errors import VMError
 
 # Host-side security layers that Kata also leaves to the VM boundary (disable_guest_seccomp,
 # no guest LSM): the guest kernel is the isolation, and its own policy has no host objects.
-IGNORED = ("linux.seccomp", "process.apparmorProfile", "process.selinuxLabel", "linux.mountLabel",
-           "process.oomScoreAdj", "linux.cgroupsPath", "linux.resources (beyond memory and cpu)")
+_IGNORED = (("linux", "seccomp"), ("process", "apparmorProfile"), ("process", "selinuxLabel"),
+            ("linux", "mountLabel"), ("process", "oomScoreAdj"))
+
+
+def ignored(config):
+    """The parts of `config` that keel-vm leaves to the VM boundary (logged with --debug)."""
+    out = [f"{a}.{b}" for a, b in _IGNORED if (config.get(a) or {}).get(b) is not None]
+    res = (config.get("linux") or {}).get("resources") or {}
+    out += [f"linux.resources.{k}" for k in res if k not in ("memory", "cpu") and res[k]]
+    return out
 _GUEST_NS = ("pid", "mount", "ipc", "uts", "cgroup", "network")
 _MASK = (1 << 64) - 1
 

@@ -22,6 +22,7 @@ VIRTIOFSD_ENV = "KEEL_VM_VIRTIOFSD"
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
 SHARE_TAG = "keel"
 DEFAULT_MEMORY_MIB = 256
+RUNAS_USER = "nobody"
 GUEST_OVERHEAD_MIB = 96  # kernel, agent and page tables on top of a container's memory limit
 
 
@@ -62,6 +63,18 @@ def _die_with_parent():
     os.setpgid(0, 0)  # a terminal's ^C reaches keel-vm, which forwards it; never QEMU itself
 
 
+# QEMU needs no network, no System V IPC and no host name: it gets empty namespaces of each
+# (defence in depth; the emulator is not a security boundary by itself).
+_QEMU_NAMESPACES = 0x40000000 | 0x08000000 | 0x04000000  # CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+
+
+def _qemu_child():
+    from keel.kernel import libc
+
+    _die_with_parent()
+    libc.unshare(_QEMU_NAMESPACES)
+
+
 class VM:
     """QEMU + virtiofsd for one guest, run from `workdir` (sockets live there, named relatively,
     so that a long state path never exceeds a unix socket's 108 bytes)."""
@@ -89,7 +102,11 @@ class VM:
             "-smp", str(self.vcpus),
             "-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-m", mem,
             "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
-            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            # once set up (devices open, sockets connected), QEMU drops root for an unprivileged user
+            "-runas", RUNAS_USER,
+            # seccomp; elevateprivileges stays allowed only for -runas's own drop of root, after
+            # which an unprivileged QEMU cannot regain it
+            "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
             "-global", "virtio-mmio.force-legacy=false",
             "-kernel", self.assets.vmlinux, "-initrd", self.assets.initramfs,
             "-append", " ".join(a for a in cmdline if a),
@@ -128,7 +145,7 @@ class VM:
             vfs.close()
             self.qemu = subprocess.Popen(self.argv(), cwd=wd, stdin=subprocess.DEVNULL,
                                          stdout=self._log("qemu.log"), stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=_qemu_child)
         except BaseException:
             vfs.close()
             ctl.close()

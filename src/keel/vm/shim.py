@@ -81,9 +81,12 @@ class Client:
 
 
 class Shim:
-    def __init__(self, c, fields, share, memory_mib, vcpus, creator_pid, ready_fd, console_socket=None):
+    def __init__(self, c, fields, share, memory_mib, vcpus, creator_pid, ready_fd, console_socket=None,
+                 cgroups_path=None):
         self.c, self.fields, self.share = c, fields, share
         self.console_size = fields.pop("console_size", None)  # applied to the host pty, not sent
+        self.cgroups_path = cgroups_path
+        self.cgroup = None
         self.accel, self.memory_mib, self.vcpus = None, memory_mib, vcpus
         self.creator_pid, self.ready_fd, self.console_socket = creator_pid, ready_fd, console_socket
         self.vm = None
@@ -227,6 +230,7 @@ class Shim:
             if f.get("version") != P.VERSION:
                 raise BootError(f"the agent speaks protocol {f.get('version')}, keel-vm {P.VERSION}")
             self.kernel = f.get("kernel", b"").decode(errors="replace")
+        self._join_cgroup()
         log.debug(f"vm ready in {(time.monotonic() - t0) * 1000:.0f} ms: path={self.path} "
                   f"accel={self.accel} kernel={self.kernel} memory={self.memory_mib}MiB vcpus={self.vcpus}")
         self.send(P.CREATE, id=INIT_ID, **self.fields)
@@ -241,6 +245,22 @@ class Shim:
                 raise BootError(f.get("message", b"").decode(errors="replace"))
             if mtype == P.OUTPUT:
                 self._output(f)
+
+    def _join_cgroup(self):
+        """QEMU and virtiofsd go into the container's cgroup (linux.cgroupsPath), where engines
+        look for the container's processes and resource use (the VMM is the container here)."""
+        from keel.kernel.cgroups import Cgroup, CgroupError
+
+        try:
+            cg = Cgroup.from_spec(self.cgroups_path, self.c.id)
+            cg.create()
+            self.cgroup = cg
+            self.c.data["vmCgroup"] = cg.to_dict()
+            self.c.save()  # recorded before anything joins: delete removes it if we die
+            for pid in (self.vm.qemu_pid, self.vm.virtiofsd_pid):
+                cg.join(pid)
+        except CgroupError as e:
+            raise BootError(f"the VM's cgroup: {e}") from None
 
     def send(self, mtype, **fields):
         self.conn.sendall(P.encode(mtype, **fields))
@@ -518,6 +538,11 @@ class Shim:
     def teardown(self):
         if self.vm is not None:
             self.vm.stop()
+        if self.cgroup is not None:
+            try:
+                self.cgroup.destroy(timeout=5)
+            except Exception as e:  # noqa: BLE001 - reported; delete retries it
+                log.warn(f"container {self.c.id}: remove the VM's cgroup: {e}")
         if self.listener is not None:
             self.listener.close()
         for name in (CMD_SOCKET,):
