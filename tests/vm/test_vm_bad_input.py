@@ -83,3 +83,8 @@ def test_version_and_spec(vm_runtime, tmp_path):
     assert json.load(open(tmp_path / "config.json"))["ociVersion"]
     r = vm_runtime("spec", "--bundle", str(tmp_path))
     assert r.returncode == 1 and "already exists" in r.stderr
+
+
+def test_in_container_hooks_refused(vm_runtime, vm_bundle):
+    vm_bundle.config["hooks"] = {"createContainer": [{"path": "/bin/true"}]}
+    _assert_refused(_create(vm_runtime, vm_bundle), vm_runtime, vm_bundle, "hooks.createContainer", "inside the VM")

@@ -32,8 +32,16 @@ def _wait(pred, timeout=60.0):
 def test_guest_kernel_isolation_writes_and_exit_code(vm_runtime, vm_bundle, guest_release):
     host = subprocess.Popen(["sleep", "1000.4242"])  # a host process the container must not see
     try:
+        data = os.path.join(os.path.dirname(vm_bundle.path), "data")
+        os.mkdir(data)
+        with open(os.path.join(data, "in"), "w") as f:
+            f.write("from-host\n")
+        vm_bundle.config["mounts"] += [
+            {"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]},
+            {"destination": "/ro", "type": "bind", "source": data, "options": ["rbind", "ro"]}]
         vm_bundle.write(["sh", "-c", "uname -r; ps -o args; echo written > /from-guest; "
-                         "echo to-stderr >&2; exit 7"], readonly=False)
+                         "cat /data/in >&2; echo out > /data/out; touch /ro/no 2>/dev/null || "
+                         "echo ro-refused >&2; exit 7"], readonly=False)
         r = vm_runtime("run", "--bundle", vm_bundle.path, vm_bundle.id)
     finally:
         host.kill()
@@ -43,13 +51,19 @@ def test_guest_kernel_isolation_writes_and_exit_code(vm_runtime, vm_bundle, gues
     assert lines[0] == guest_release and lines[0] != os.uname().release
     assert "1000.4242" not in r.stdout  # host processes are invisible
     assert any("ps -o args" in ln for ln in lines)  # ...while the container's own are there
-    assert r.stderr == "to-stderr\n" and "to-stderr\n" not in r.stdout
+    assert "from-host" not in r.stdout  # stderr stays apart from stdout
+    assert r.stderr == "from-host\nro-refused\n"  # bind mounts: host data in, read-only kept
+    assert open(os.path.join(data, "out")).read() == "out\n"
+    assert not os.path.exists(os.path.join(data, "no"))
     with open(os.path.join(vm_bundle.rootfs, "from-guest")) as f:
         assert f.read() == "written\n"  # the write reached the bundle's rootfs on the host
 
 
 def test_readonly_root_and_lifecycle_verbs(vm_runtime, vm_bundle):
     # pid 1 of a pid namespace ignores TERM unless it handles it: the trap makes it stop
+    hookdir = os.path.dirname(vm_bundle.path)
+    vm_bundle.config["hooks"] = {kind: [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {hookdir}/{kind}.json"]}]
+                                 for kind in ("prestart", "createRuntime", "poststart", "poststop")}
     vm_bundle.write(["sh", "-c", "trap 'exit 9' TERM; touch /x 2>&1; sleep 300 & wait"], readonly=True)
     out = os.path.join(os.path.dirname(vm_bundle.path), "out")
     with open(out, "wb") as f:
@@ -60,9 +74,13 @@ def test_readonly_root_and_lifecycle_verbs(vm_runtime, vm_bundle):
     assert r.returncode == 0, open(out).read()
     st = vm_runtime.state(vm_bundle.id)
     assert st["status"] == "created" and st["pid"] == int(open(vm_bundle.path + "/pid").read())
+    for kind in ("prestart", "createRuntime"):  # host hooks, with the state on stdin
+        assert json.load(open(f"{hookdir}/{kind}.json"))["pid"] == st["pid"]
+    assert not os.path.exists(f"{hookdir}/poststart.json")
     assert os.path.exists(f"/proc/{st['pid']}")
     assert vm_runtime("start", vm_bundle.id).returncode == 0
     assert vm_runtime.state(vm_bundle.id)["status"] == "running"
+    assert json.load(open(f"{hookdir}/poststart.json"))["status"] == "running"
     assert vm_runtime("start", vm_bundle.id).returncode == 1  # twice is an error
     e = vm_runtime("exec", vm_bundle.id, "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; exit 4")
     assert e.returncode == 4 and "trap 'exit 9' TERM" in e.stdout, (e.stdout, e.stderr)
@@ -75,7 +93,9 @@ def test_readonly_root_and_lifecycle_verbs(vm_runtime, vm_bundle):
     assert vm_runtime("kill", vm_bundle.id, "TERM").returncode == 0
     assert _wait(lambda: vm_runtime.state(vm_bundle.id)["status"] == "stopped", 30)
     assert _wait(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10), pids
+    assert vm_runtime.raw_state(vm_bundle.id)["exitStatus"] == 9 << 8
     assert vm_runtime("delete", vm_bundle.id).returncode == 0
+    assert json.load(open(f"{hookdir}/poststop.json"))["status"] == "stopped"
     assert not os.path.exists(os.path.join(vm_runtime.root, vm_bundle.id))
 
 

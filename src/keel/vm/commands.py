@@ -38,6 +38,9 @@ def start(c):
         raise VMError(f"cannot start container {c.id!r}: it is {status}, not created")
     s, _, _ = c.request({"op": "start"})
     s.close()
+    from keel.runtime import hooks
+
+    hooks.run_warn(c.data.get("hooks"), "poststart", c.oci_state("running"))
 
 
 def cmd_start(opts, args):
@@ -114,6 +117,10 @@ def delete(c, force=False):
             Cgroup.from_dict(c.data["vmCgroup"]).destroy(timeout=5)
         except CgroupError as e:
             raise VMError(f"cannot delete container {c.id!r}: its cgroup: {e}") from None
+    from keel.runtime import hooks
+
+    if c.data.get("status") != "creating":
+        hooks.run_warn(c.data.get("hooks"), "poststop", c.oci_state("stopped"))
     shutil.rmtree(c.dir, ignore_errors=True)
 
 

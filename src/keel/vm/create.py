@@ -54,7 +54,8 @@ def create(root, cid, bundle, console_socket=None, pid_file=None):
     start, _ = proc_start_time(os.getpid())
     c.data = {"id": cid, "bundle": bundle, "rootfs": rootfs, "created": _now(), "owner": _owner(),
               "annotations": config.get("annotations") or {}, "bootId": boot_id(),
-              "status": "creating", "creator": os.getpid(), "creatorStartTime": start, "pid": 0}
+              "status": "creating", "creator": os.getpid(), "creatorStartTime": start, "pid": 0,
+              "hooks": config.get("hooks") or {}}
     c.save()
     r, w = os.pipe2(os.O_CLOEXEC)
     from keel.vm.shim import Shim, run_shim
@@ -80,6 +81,17 @@ def create(root, cid, bundle, console_socket=None, pid_file=None):
         raise VMError(msg[len("error "):] if msg.startswith("error ") else
                       "the shim died while the VM was booting")
     c = VMContainer.load(root, cid)
+    from keel.runtime import hooks
+    from keel.runtime.hooks import HookError
+
+    try:
+        for kind in ("prestart", "createRuntime"):  # on the host, the VM up, the process not started
+            hooks.run(c.data["hooks"], kind, c.oci_state("created"))
+    except HookError as e:
+        from keel.vm.commands import delete
+
+        delete(c, force=True)
+        raise VMError(str(e)) from None
     if pid_file:
         _write_pid_file(pid_file, c.pid)
     from keel.vm.pool import ensure_keeper

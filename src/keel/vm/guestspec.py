@@ -96,8 +96,19 @@ def process_fields(process):
     }
 
 
+def check_hooks(config):
+    """Host-side hooks run on the host as with runc; the in-container ones cannot (their binaries
+    and namespaces are inside the VM)."""
+    hooks = config.get("hooks") or {}
+    for kind in ("createContainer", "startContainer"):
+        if hooks.get(kind):
+            raise VMError(f"hooks.{kind}: these hooks run in the container's namespaces, which are "
+                          "inside the VM; keel-vm does not support them")
+
+
 def create_fields(config, share, warn):
     """CREATE's fields for `config`; bind-mount sources are added to `share`."""
+    check_hooks(config)
     linux = config.get("linux") or {}
     if config.get("process") is None:
         raise VMError("process: required to create a container")
