@@ -8,15 +8,17 @@ HOST_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || comm
 export DEBIAN_FRONTEND := noninteractive
 
 APT_BASE := python3-venv busybox-static libseccomp2 procps iproute2
+# keel-vm: QEMU (virtiofsd ships with it), lz4 to unpack the guest kernel, gcc for the guest agent
+APT_VM := qemu-system-x86 lz4 gcc libc6-dev
 APT_TEST := $(APT_BASE) runc crun podman containerd conmon catatonit tini uidmap \
-	docker-registry skopeo umoci
+	docker-registry skopeo umoci $(APT_VM)
 
 PYTEST_ARGS ?=
 ifneq ($(SKIP_VM),)
 PYTEST_MARK := -m "not vm"
 endif
 
-.PHONY: demo test venv apt-base apt-test bench clean
+.PHONY: demo test venv apt-base apt-test bench clean vm-assets
 
 define apt_install
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -46,7 +48,12 @@ venv: $(VENV)/.installed
 demo: apt-base venv
 	$(PY) -m keel.testing.demo
 
-test: apt-test venv
+# The guest kernel (apt-get download + dpkg -x into keel's cache, never the host's /boot),
+# its modules and the agent's initramfs, built once.
+vm-assets: apt-test venv
+	$(PY) -m keel.vm.assets
+
+test: apt-test venv $(if $(SKIP_VM),,vm-assets)
 	$(PY) -m pytest $(PYTEST_MARK) $(PYTEST_ARGS)
 
 bench: apt-test venv

@@ -8,6 +8,7 @@ _path = None
 _json = False
 _debug = False
 _fd = None
+PROG = "keel-runtime"  # keel-vm shares this log and sets its own name
 
 
 def configure(path=None, fmt="text", debug=False):
@@ -53,5 +54,5 @@ def error(msg):
     """Errors always reach stderr as one line; with --log they are also logged."""
     if _fd is not None:
         _emit("error", msg)
-    sys.stderr.write(f"keel-runtime: {msg}\n")
+    sys.stderr.write(f"{PROG}: {msg}\n")
     sys.stderr.flush()

@@ -10,7 +10,7 @@ import sys
 
 import keel
 
-SCRIPTS = {"keel-runtime": "keel.runtime.cli"}
+SCRIPTS = {"keel-runtime": "keel.runtime.cli", "keel-vm": "keel.vm.cli"}
 
 
 def write(bindir):

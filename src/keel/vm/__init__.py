@@ -1,0 +1,1 @@
+"""keel-vm: the VM-isolated OCI runtime (each container in its own QEMU microVM)."""

@@ -1,0 +1,264 @@
+"""One function per keel-vm command (the runc command line), over the shim's requests."""
+
+import os
+import shutil
+import signal
+import sys
+import time
+
+from keel.oci import fastjson
+from keel.vm.errors import VMError
+from keel.vm.state import VMContainer, list_ids, read_reply
+
+
+def _load(opts, cid):
+    return VMContainer.load(opts.root, cid)
+
+
+def cmd_create(opts, args):
+    from keel.vm.create import create
+
+    if opts.preserve_fds not in (None, "0"):
+        raise VMError("--preserve-fds: passing host file descriptors into a VM is not supported")
+    create(opts.root, args[0], opts.bundle or ".", console_socket=opts.console_socket, pid_file=opts.pid_file)
+
+
+def cmd_run(opts, args):
+    from keel.vm.create import run
+
+    if opts.preserve_fds not in (None, "0"):
+        raise VMError("--preserve-fds: passing host file descriptors into a VM is not supported")
+    return run(opts.root, args[0], opts.bundle or ".", console_socket=opts.console_socket,
+               pid_file=opts.pid_file, detach=bool(opts.detach), keep=bool(opts.keep))
+
+
+def start(c):
+    status = c.status()
+    if status != "created":
+        raise VMError(f"cannot start container {c.id!r}: it is {status}, not created")
+    s, _, _ = c.request({"op": "start"})
+    s.close()
+    from keel.runtime import hooks
+
+    hooks.run_warn(c.data.get("hooks"), "poststart", c.oci_state("running"))
+
+
+def cmd_start(opts, args):
+    start(_load(opts, args[0]))
+
+
+def cmd_state(opts, args):
+    c = _load(opts, args[0])
+    sys.stdout.write(fastjson.dumps_indent(c.runc_state()) + "\n")
+
+
+def cmd_kill(opts, args):
+    from keel.runtime.kill import parse_signal
+    from keel.runtime.errors import RuntimeError_
+
+    c = _load(opts, args[0])
+    try:
+        sig = parse_signal(args[1]) if len(args) > 1 else 15
+    except RuntimeError_ as e:
+        raise VMError(str(e)) from None
+    kill(c, sig, bool(opts.all))
+
+
+def kill(c, sig, all_processes=False):
+    status = c.status()
+    if status == "stopped" or status == "creating":
+        raise VMError(f"cannot kill container {c.id!r}: it is not running")
+    try:
+        s, _, _ = c.request({"op": "kill", "signal": sig, "all": all_processes}, timeout=10)
+        s.close()
+    except VMError:
+        if sig != signal.SIGKILL:
+            raise
+        _kill_shim(c)  # a shim that no longer answers still goes, and takes its VM with it
+
+
+def _kill_shim(c):
+    try:
+        pidfd = os.pidfd_open(c.pid)
+    except (ProcessLookupError, OSError):
+        return
+    try:
+        if c.alive():  # identity re-checked after pinning the pid: never signal a recycled pid
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            import select
+
+            select.select([pidfd], [], [], 10)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def delete(c, force=False):
+    status = c.status()
+    if status in ("running", "creating") and not force:
+        raise VMError(f"cannot delete container {c.id!r}: it is {status} (stop it first or use --force)")
+    if status == "creating":
+        # its create is still booting the VM: killing the creator makes the shim tear down
+        try:
+            os.kill(c.data["creator"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if status != "stopped" or c.alive():
+        _kill_shim(c)
+    deadline = time.monotonic() + 10
+    while c.alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _kill_leftovers(c)
+    if c.data.get("vmCgroup"):
+        from keel.kernel.cgroups import Cgroup, CgroupError
+
+        try:
+            Cgroup.from_dict(c.data["vmCgroup"]).destroy(timeout=5)
+        except CgroupError as e:
+            raise VMError(f"cannot delete container {c.id!r}: its cgroup: {e}") from None
+    from keel.runtime import hooks
+
+    if c.data.get("status") != "creating":
+        hooks.run_warn(c.data.get("hooks"), "poststop", c.oci_state("stopped"))
+    shutil.rmtree(c.dir, ignore_errors=True)
+
+
+def _kill_leftovers(c):
+    """QEMU and virtiofsd die with their shim (PDEATHSIG): wait for that, by pid and start time;
+    SIGKILL what still runs after 2 s. A zombie waiting for its reaper counts as gone."""
+    from keel.vm.state import proc_start_time
+
+    vm = c.data.get("vm") or {}
+    procs = [(vm.get(k + "Pid"), vm.get(k + "Start")) for k in ("qemu", "virtiofsd")]
+
+    def running():
+        out = []
+        for pid, start in procs:
+            if pid and start:
+                t, st = proc_start_time(pid)
+                if t == start and st not in ("Z", "X"):
+                    out.append(pid)
+        return out
+
+    grace, deadline = time.monotonic() + 2, time.monotonic() + 10
+    left = running()
+    while left and time.monotonic() < deadline:
+        if time.monotonic() > grace:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.02)
+        left = running()
+
+
+def cmd_delete(opts, args):
+    try:
+        c = _load(opts, args[0])
+    except VMError:
+        if opts.force:
+            return 0
+        raise
+    delete(c, bool(opts.force))
+
+
+def cmd_list(opts, args):
+    fmt = opts.format or "table"
+    if fmt not in ("table", "json"):
+        raise VMError(f"--format: unknown format {fmt!r} (table or json)")
+    rows = []
+    for cid in list_ids(opts.root):
+        try:
+            rows.append(VMContainer.load(opts.root, cid).runc_state())
+        except VMError:
+            continue
+    if opts.quiet:
+        for r in rows:
+            print(r["id"])
+    elif fmt == "json":
+        print(fastjson.dumps(rows) if rows else "null")
+    else:
+        out = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
+        out += [(r["id"], str(r["pid"]), r["status"], r["bundle"], r["created"], r["owner"] or "root")
+                for r in rows]
+        widths = [max(len(row[i]) for row in out) for i in range(len(out[0]))]
+        for row in out:
+            print("   ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def cmd_ps(opts, args):
+    c = _load(opts, args[0])
+    fmt = opts.format or "table"
+    if fmt not in ("table", "json"):
+        raise VMError(f"--format: unknown format {fmt!r} (table or json)")
+    # The container's processes live in the guest; on the host the shim stands for them.
+    pids = [c.pid] if c.status() in ("created", "running") else []
+    if fmt == "json":
+        print(fastjson.dumps(pids))
+    else:
+        print("PID   CMD")
+        for p in pids:
+            print(f"{p:<5} keel-vm shim for {c.id}")
+
+
+def cmd_exec(opts, args):
+    from keel.runtime.exec import build_process
+    from keel.runtime.errors import RuntimeError_
+    from keel.vm.guestspec import process_fields
+
+    c = _load(opts, args[0])
+    status = c.status()
+    if status != "running":
+        raise VMError(f"cannot exec in container {c.id!r}: it is {status}")
+    if opts.tty or opts.console_socket:
+        raise VMError("exec --tty: terminals for exec are not supported by keel-vm yet")
+    if opts.detach:
+        raise VMError("exec --detach: not supported by keel-vm yet")
+    try:
+        proc = build_process(c, opts, args[1:])
+    except RuntimeError_ as e:
+        raise VMError(str(e)) from None
+    fields = process_fields(proc)
+    s, reader, _ = c.request({"op": "exec", "process": fields}, fds=(0, 1, 2))
+    try:
+        if opts.pid_file:
+            from keel.vm.create import _write_pid_file
+
+            _write_pid_file(opts.pid_file, os.getpid())
+        reply = read_reply(reader, c.id)
+    finally:
+        s.close()
+    status = reply["exit"]
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255
+
+
+def cmd_features(opts, args):
+    from keel.vm.features import features
+
+    print(fastjson.dumps_indent(features()))
+
+
+def cmd_spec(opts, args):
+    from keel.runtime.commands import cmd_spec as runtime_spec
+    from keel.runtime.errors import RuntimeError_
+
+    try:
+        return runtime_spec(opts, args)
+    except RuntimeError_ as e:
+        raise VMError(str(e)) from None
+
+
+def _unsupported(name):
+    def cmd(opts, args):
+        raise VMError(f"{name}: not supported by keel-vm yet")
+    return cmd
+
+
+cmd_pause = _unsupported("pause")
+cmd_resume = _unsupported("resume")
+cmd_update = _unsupported("update")
+cmd_events = _unsupported("events")

@@ -1,0 +1,184 @@
+"""config.json -> the agent's CREATE/EXEC fields, and the host side of the share.
+
+The host does the parsing (mount options to MS_* flags, capability names to masks, rlimit
+names to numbers) so the guest agent stays a small C program that only applies numbers.
+Everything in the config is either honoured in the guest or refused with an error naming the
+field; the few parts that have no meaning inside a VM are listed by ignored() and logged.
+"""
+
+import os
+
+from keel.kernel import libc
+from keel.kernel.caps import CapSets
+from keel.oci.config import NAMESPACE_FLAGS
+from keel.runtime.process import RLIMITS
+from keel.runtime.rootfs import DEFAULT_DEVICES, parse_options
+from keel.vm.errors import VMError
+
+# Host-side security layers that Kata also leaves to the VM boundary (disable_guest_seccomp,
+# no guest LSM): the guest kernel is the isolation, and its own policy has no host objects.
+_IGNORED = (("linux", "seccomp"), ("process", "apparmorProfile"), ("process", "selinuxLabel"),
+            ("linux", "mountLabel"), ("process", "oomScoreAdj"))
+
+
+def ignored(config):
+    """The parts of `config` that keel-vm leaves to the VM boundary (logged with --debug)."""
+    out = [f"{a}.{b}" for a, b in _IGNORED if (config.get(a) or {}).get(b) is not None]
+    res = (config.get("linux") or {}).get("resources") or {}
+    out += [f"linux.resources.{k}" for k in res if k not in ("memory", "cpu") and res[k]]
+    return out
+_GUEST_NS = ("pid", "mount", "ipc", "uts", "cgroup", "network")
+_MASK = (1 << 64) - 1
+
+
+def _i64(v):
+    """Masks go on the wire as int64: fold bit 63 into the negative range."""
+    v &= _MASK
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+class Share:
+    """What the host must expose under the share directory: (name in share, host path, read-only)."""
+
+    def __init__(self):
+        self.entries = []
+
+    def add(self, host_path, readonly):
+        name = f"m{len(self.entries)}"
+        self.entries.append((name, host_path, readonly))
+        return name
+
+
+def namespaces(config, warn):
+    flags = 0
+    for ns in (config.get("linux") or {}).get("namespaces") or ():
+        t, path = ns["type"], ns.get("path")
+        if t == "user":
+            raise VMError("linux.namespaces: user namespaces are not supported by keel-vm "
+                          "(the VM is the isolation boundary; run the container without one)")
+        if t == "time":
+            raise VMError("linux.namespaces: time namespaces are not supported by keel-vm")
+        if path:
+            # A host namespace cannot be joined from inside a VM: the container gets a fresh one.
+            if t == "network":
+                warn(f"linux.namespaces: network namespace {path} is on the host; the VM has only "
+                     "loopback networking")
+            else:
+                raise VMError(f"linux.namespaces: joining the host's {t} namespace ({path}) is not "
+                              "possible from inside a VM")
+        flags |= NAMESPACE_FLAGS[t]
+    if not flags & NAMESPACE_FLAGS["mount"]:
+        flags |= NAMESPACE_FLAGS["mount"]  # the agent's own mounts must never be the container's
+    return flags
+
+
+def process_fields(process):
+    user = process.get("user") or {}
+    caps = CapSets(process.get("capabilities"))
+    rl = [(RLIMITS[r["type"]], r["soft"], r["hard"]) for r in process.get("rlimits") or ()
+          if r["type"] in RLIMITS]
+    unknown = [r["type"] for r in process.get("rlimits") or () if r["type"] not in RLIMITS]
+    if unknown:
+        raise VMError(f"process.rlimits: unknown rlimit {unknown[0]!r}")
+    if process.get("commandLine"):
+        raise VMError("process.commandLine: Windows command lines are not supported")
+    return {
+        "args": process["args"], "env": process.get("env") or [], "cwd": process.get("cwd") or "/",
+        "uid": user.get("uid", 0), "gid": user.get("gid", 0),
+        "groups": user.get("additionalGids") or [],
+        "umask": user.get("umask", 0o022) if user.get("umask") is not None else 0o022,
+        "rl_type": [t for t, _, _ in rl], "rl_soft": [_i64(s) for _, s, _ in rl],
+        "rl_hard": [_i64(h) for _, _, h in rl],
+        "cap_bnd": _i64(caps.bounding), "cap_eff": _i64(caps.effective), "cap_prm": _i64(caps.permitted),
+        "cap_inh": _i64(caps.inheritable), "cap_amb": _i64(caps.ambient),
+        "nnp": 1 if process.get("noNewPrivileges") else 0,
+        "terminal": 1 if process.get("terminal") else 0,
+    }
+
+
+def check_hooks(config):
+    """Host-side hooks run on the host as with runc; the in-container ones cannot (their binaries
+    and namespaces are inside the VM)."""
+    hooks = config.get("hooks") or {}
+    for kind in ("createContainer", "startContainer"):
+        if hooks.get(kind):
+            raise VMError(f"hooks.{kind}: these hooks run in the container's namespaces, which are "
+                          "inside the VM; keel-vm does not support them")
+
+
+def create_fields(config, share, warn):
+    """CREATE's fields for `config`; bind-mount sources are added to `share`."""
+    check_hooks(config)
+    linux = config.get("linux") or {}
+    if config.get("process") is None:
+        raise VMError("process: required to create a container")
+    fields = process_fields(config["process"])
+    size = config["process"].get("consoleSize")
+    if size and config["process"].get("terminal"):
+        fields["console_size"] = (size.get("height", 0), size.get("width", 0))  # for the shim, not the wire
+    fields.update(rootfs="rootfs", readonly=1 if config["root"].get("readonly") else 0,
+                  hostname=config.get("hostname") or "", nsflags=namespaces(config, warn))
+    if config.get("domainname"):
+        raise VMError("domainname: not supported by keel-vm yet")
+    mt, ms, md, mf, mdata, mp = [], [], [], [], [], []
+    for i, m in enumerate(config.get("mounts") or ()):
+        dest = m["destination"]
+        if ".." in dest.split("/"):
+            raise VMError(f"mounts[{i}].destination: {dest!r} must not contain '..'")
+        flags, prop, data, extras = parse_options(m.get("options"))
+        mtype = m.get("type") or ""
+        src = m.get("source") or mtype
+        if flags & libc.MS_BIND or mtype == "bind":
+            flags |= libc.MS_BIND
+            if not os.path.isabs(src):
+                raise VMError(f"mounts[{i}].source: {src!r} must be an absolute path for a bind mount")
+            if not os.path.exists(src):
+                raise VMError(f"mounts[{i}].source: {src}: no such file or directory")
+            src = f"/keel/share/{share.add(src, bool(flags & libc.MS_RDONLY))}"
+            mtype = ""
+        elif mtype in ("cgroup", "cgroup2"):
+            mtype, src, data = "cgroup2", "cgroup2", ""
+        if "tmpcopyup" in extras:
+            raise VMError(f"mounts[{i}].options: tmpcopyup is not supported by keel-vm")
+        if extras - {"tmpcopyup"}:
+            raise VMError(f"mounts[{i}].options: {sorted(extras)[0]} is not supported by keel-vm")
+        pflags = 0
+        for p in prop:
+            pflags |= p
+        mt.append(mtype), ms.append(src), md.append(dest), mf.append(flags), mdata.append(data), mp.append(pflags)
+    fields.update(mnt_type=mt, mnt_src=ms, mnt_dst=md, mnt_flags=mf, mnt_data=mdata, mnt_prop=mp)
+    devices = []
+    dev_tmpfs = any(m["destination"] == "/dev" for m in config.get("mounts") or ())
+    if dev_tmpfs:
+        devices += [(p, t, ma, mi, 0o666, 0, 0) for p, t, ma, mi in DEFAULT_DEVICES]
+    for d in linux.get("devices") or ():
+        t = "c" if d["type"] == "u" else d["type"]
+        devices.append((d["path"], t, d.get("major") or 0, d.get("minor") or 0,
+                        d.get("fileMode") if d.get("fileMode") is not None else 0o666,
+                        d.get("uid") or 0, d.get("gid") or 0))
+    fields["dev_path"] = [d[0] for d in devices]
+    fields["dev_spec"] = [v for d in devices for v in (ord(d[1]),) + d[2:]]
+    fields["masked"] = linux.get("maskedPaths") or []
+    fields["ro_paths"] = linux.get("readonlyPaths") or []
+    sysctl = linux.get("sysctl") or {}
+    fields["sysctl_key"] = list(sysctl)
+    fields["sysctl_val"] = [sysctl[k] for k in sysctl]
+    return fields
+
+
+def vm_size(config, host_cpus=None):
+    """(memory MiB, vCPUs) from linux.resources: the memory limit sizes the VM, the quota its vCPUs."""
+    from keel.vm.qemu import DEFAULT_MEMORY_MIB, GUEST_OVERHEAD_MIB
+
+    res = (config.get("linux") or {}).get("resources") or {}
+    mem = DEFAULT_MEMORY_MIB
+    limit = (res.get("memory") or {}).get("limit")
+    if limit is not None and limit > 0:
+        mem = -(-limit // (1 << 20)) + GUEST_OVERHEAD_MIB
+    cpu = res.get("cpu") or {}
+    vcpus = 1
+    quota, period = cpu.get("quota"), cpu.get("period") or 100000
+    if quota and quota > 0:
+        vcpus = max(1, -(-quota // period))
+    host_cpus = host_cpus or os.cpu_count() or 1
+    return mem, min(vcpus, host_cpus)

@@ -1,0 +1,218 @@
+"""One microVM: virtiofsd serving the share, QEMU booting the guest, the agent's control socket.
+
+The command line is the one measured to boot reliably under TCG and KVM alike: `-M microvm`
+with a PVH vmlinux, no option ROMs, an ISA serial console, the legacy PIT/PIC/RTC left on, and
+`tsc_early_khz=` on the kernel command line (without it TCG boots hang at random calibrating
+the TSC). virtio-mmio devices must be modern (vhost-user needs it). The control channel is a
+virtio-serial port named keel.ctl: QEMU connects to a socket we listen on. Both helpers get
+PR_SET_PDEATHSIG, so a keel-vm process killed outright takes its VM with it.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from keel.vm.errors import VMError
+
+QEMU_ENV = "KEEL_VM_QEMU"
+VIRTIOFSD_ENV = "KEEL_VM_VIRTIOFSD"
+VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
+SHARE_TAG = "keel"
+DEFAULT_MEMORY_MIB = 256
+RUNAS_USER = "nobody"
+GUEST_OVERHEAD_MIB = 96  # kernel, agent and page tables on top of a container's memory limit
+
+
+def qemu_binary():
+    path = os.environ.get(QEMU_ENV) or shutil.which("qemu-system-x86_64")
+    if not path:
+        raise VMError("qemu-system-x86_64 is not installed (apt-get install --no-install-recommends "
+                      "qemu-system-x86)")
+    return path
+
+
+def virtiofsd_binary():
+    for path in ([os.environ[VIRTIOFSD_ENV]] if os.environ.get(VIRTIOFSD_ENV) else []) + list(VIRTIOFSD_PATHS):
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which("virtiofsd")
+    if found:
+        return found
+    raise VMError("virtiofsd is not installed (it ships with qemu-system-x86 as /usr/lib/qemu/virtiofsd)")
+
+
+def tsc_khz():
+    """The host TSC rate for tsc_early_khz= (the guest reads the same counter under TCG and KVM)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _die_with_parent():
+    from keel.kernel import libc
+
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setpgid(0, 0)  # a terminal's ^C reaches keel-vm, which forwards it; never QEMU itself
+
+
+# QEMU needs no network, no System V IPC and no host name: it gets empty namespaces of each
+# (defence in depth; the emulator is not a security boundary by itself).
+_QEMU_NAMESPACES = 0x40000000 | 0x08000000 | 0x04000000  # CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+
+
+def _qemu_child():
+    from keel.kernel import libc
+
+    _die_with_parent()
+    libc.unshare(_QEMU_NAMESPACES)
+
+
+class VM:
+    """QEMU + virtiofsd for one guest, run from `workdir` (sockets live there, named relatively,
+    so that a long state path never exceeds a unix socket's 108 bytes)."""
+
+    def __init__(self, workdir, share, assets, accel, memory_mib=DEFAULT_MEMORY_MIB, vcpus=1,
+                 name="keel-vm"):
+        self.workdir, self.share, self.assets, self.accel = workdir, share, assets, accel
+        self.memory_mib, self.vcpus, self.name = memory_mib, vcpus, name
+        self.qemu = self.virtiofsd = None
+        self.listener = None
+
+    def argv(self):
+        cmdline = ["console=ttyS0", "quiet", "panic=-1", "pci=off", "nomodeset",
+                   "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd", "random.trust_cpu=on",
+                   "cryptomgr.notests", "rcupdate.rcu_expedited=1"]
+        khz = tsc_khz()
+        if khz:
+            cmdline.append(f"tsc_early_khz={khz}")
+        mem = f"{self.memory_mib}M"
+        return [
+            qemu_binary(), "-name", self.name,
+            "-M", "microvm,accel={},x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on,"
+                  "memory-backend=mem".format(self.accel),
+            "-cpu", "host" if self.accel == "kvm" else "max",
+            "-smp", str(self.vcpus),
+            "-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-m", mem,
+            "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
+            # once set up (devices open, sockets connected), QEMU drops root for an unprivileged user
+            "-runas", RUNAS_USER,
+            # seccomp; elevateprivileges stays allowed only for -runas's own drop of root, after
+            # which an unprivileged QEMU cannot regain it
+            "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
+            "-global", "virtio-mmio.force-legacy=false",
+            "-kernel", self.assets.vmlinux, "-initrd", self.assets.initramfs,
+            "-append", " ".join(a for a in cmdline if a),
+            "-chardev", "file,id=con,path=console.log", "-serial", "chardev:con",
+            "-device", "virtio-serial-device",
+            "-chardev", "socket,id=ctl,path=ctl.sock", "-device", "virtserialport,chardev=ctl,name=keel.ctl",
+            "-chardev", "socket,id=vfs,path=vfs.sock",
+            "-device", f"vhost-user-fs-device,chardev=vfs,tag={SHARE_TAG}",
+        ]
+
+    def start(self):
+        """Start virtiofsd and QEMU; returns the listening control socket (accept() gives the agent)."""
+        wd = self.workdir
+        vfs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Bound through /proc/self/fd so the path stays short whatever the state directory.
+            dfd = os.open(wd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for sock, name in ((vfs, "vfs.sock"), (ctl, "ctl.sock")):
+                    try:
+                        os.unlink(os.path.join(wd, name))
+                    except FileNotFoundError:
+                        pass
+                    sock.bind(f"/proc/self/fd/{dfd}/{name}")
+                    sock.listen(1)
+            finally:
+                os.close(dfd)
+            # virtiofsd takes the listening socket as an fd; sandbox=chroot sees mounts made
+            # under the share after it started (the warm pool's per-container rootfs).
+            self.virtiofsd = subprocess.Popen(
+                [virtiofsd_binary(), f"--fd={vfs.fileno()}", "-o", f"source={self.share}",
+                 "-o", "sandbox=chroot", "-o", "cache=auto", "-o", "xattr", "--thread-pool-size=1"],
+                cwd=wd, stdin=subprocess.DEVNULL, stdout=self._log("virtiofsd.log"),
+                stderr=subprocess.STDOUT, pass_fds=(vfs.fileno(),), preexec_fn=_die_with_parent)
+            vfs.close()
+            self.qemu = subprocess.Popen(self.argv(), cwd=wd, stdin=subprocess.DEVNULL,
+                                         stdout=self._log("qemu.log"), stderr=subprocess.STDOUT,
+                                         preexec_fn=_qemu_child)
+        except BaseException:
+            vfs.close()
+            ctl.close()
+            self.stop()
+            raise
+        self.listener = ctl
+        return ctl
+
+    def _log(self, name):
+        return open(os.path.join(self.workdir, name), "ab")
+
+    @property
+    def qemu_pid(self):
+        return self.qemu.pid if self.qemu else 0
+
+    @property
+    def virtiofsd_pid(self):
+        return self.virtiofsd.pid if self.virtiofsd else 0
+
+    def failure(self):
+        """Why the VM stopped, from QEMU's own log and the guest console (for error messages)."""
+        lines = []
+        for name in ("qemu.log", "console.log"):
+            try:
+                with open(os.path.join(self.workdir, name), errors="replace") as f:
+                    lines += [ln.strip() for ln in f.read().splitlines()[-40:] if ln.strip()]
+            except OSError:
+                pass
+        for ln in lines:
+            if "Kernel panic" in ln or "qemu-system" in ln:
+                return ln[ln.find("Kernel panic"):] if "Kernel panic" in ln else ln
+        return lines[-1] if lines else "no output"
+
+    def stop(self):
+        """Kill QEMU and virtiofsd and reap them; removes the sockets. Idempotent."""
+        for p in (self.qemu, self.virtiofsd):
+            if p is not None and p.poll() is None:
+                try:
+                    p.kill()
+                except ProcessLookupError:
+                    pass
+        for p in (self.qemu, self.virtiofsd):
+            if p is not None:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        for name in ("ctl.sock", "vfs.sock"):
+            try:
+                os.unlink(os.path.join(self.workdir, name))
+            except FileNotFoundError:
+                pass
+
+
+def wait_readable(socks_or_fds, timeout):
+    import select
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return []
+        try:
+            r, _, _ = select.select(socks_or_fds, [], [], left)
+        except InterruptedError:
+            continue
+        return r

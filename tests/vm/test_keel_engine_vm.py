@@ -1,0 +1,48 @@
+"""keel's own engine runs a container with `--runtime keel-vm` (marker `vm`), through the same
+runc command line as podman: conmon waits on the shim, the exit code comes back."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import KEEL_VM, alive, pids_mentioning
+
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_TESTS, "image"))
+_spec = importlib.util.spec_from_file_location("image_conftest_for_vm", os.path.join(_TESTS, "image", "conftest.py"))
+_image_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_image_conftest)
+busybox_tar = _image_conftest.busybox_tar
+oci_busybox = _image_conftest.oci_busybox
+
+pytestmark = pytest.mark.vm
+IMAGE = "localhost/busybox:latest"
+
+
+def test_keel_run_with_keel_vm(tmp_path, oci_busybox, guest_release):
+    root, runroot = tmp_path / "root", tmp_path / "run"
+
+    def keel(*args):
+        return subprocess.run([sys.executable, "-m", "keel.cli.main", "--root", str(root), "--runroot",
+                               str(runroot), *map(str, args)], capture_output=True, text=True, timeout=180,
+                              stdin=subprocess.DEVNULL, env=dict(os.environ, KEEL_VM_POOL_SIZE="0"))
+
+    r = keel("load", "-i", oci_busybox)
+    assert r.returncode == 0, r.stderr
+    if IMAGE not in r.stdout:
+        assert keel("tag", r.stdout.strip().rsplit(" ", 1)[-1], IMAGE).returncode == 0
+    try:
+        r = keel("run", "--runtime", KEEL_VM, "--name", "vmc", IMAGE, "sh", "-c", "uname -r; exit 5")
+        assert r.returncode == 5, (r.stdout, r.stderr)
+        assert r.stdout.splitlines()[0] == guest_release != os.uname().release
+        info = json.loads(keel("inspect", "vmc").stdout)
+        info = info[0] if isinstance(info, list) else info
+        assert info["State"]["ExitCode"] == 5 and info["OCIRuntime"] == "keel-vm"
+    finally:
+        keel("rm", "-f", "vmc")
+    left = [p for p in pids_mentioning(str(tmp_path)) if alive(p)]
+    assert not left, left

@@ -1,0 +1,85 @@
+"""A terminal through --console-socket, and linux.resources sizing the VM (marker `vm`)."""
+
+import json
+import os
+import select
+import socket
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+
+def _read_until(fd, needle, timeout=30):
+    out = b""
+    deadline = time.monotonic() + timeout
+    while needle not in out and time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.5)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_terminal_via_console_socket(vm_runtime, vm_bundle, tmp_path):
+    vm_bundle.config["process"]["terminal"] = True
+    vm_bundle.config["process"]["consoleSize"] = {"height": 33, "width": 111}
+    vm_bundle.write(["sh"])
+    path = str(tmp_path / "console.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    log = str(tmp_path / "create.out")
+    with open(log, "wb") as f:
+        p = subprocess.Popen(vm_runtime.argv("create", "--console-socket", path, "--bundle", vm_bundle.path,
+                                             vm_bundle.id), stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+                             env=vm_runtime.env)
+    master = None
+    try:
+        listener.settimeout(120)
+        conn, _ = listener.accept()
+        _, fds, _, _ = socket.recv_fds(conn, 4096, 4)
+        conn.close()
+        assert len(fds) == 1
+        master = fds[0]
+        assert p.wait(timeout=60) == 0, open(log).read()
+        assert vm_runtime("start", vm_bundle.id).returncode == 0
+        os.write(master, b"stty size; tty; echo hi-$((6*7))\n")
+        out = _read_until(master, b"hi-42\r\n")
+        assert b"33 111" in out and b"/dev/pts/" in out and b"hi-42\r\n" in out, out
+        os.write(master, b"exit 3\n")
+        deadline = time.monotonic() + 30
+        while vm_runtime.state(vm_bundle.id)["status"] != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert vm_runtime.raw_state(vm_bundle.id)["exitStatus"] == 3 << 8
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if master is not None:
+            os.close(master)
+        listener.close()
+
+
+def test_memory_limit_and_cpu_quota_size_the_vm(vm_runtime, vm_bundle):
+    limit = 200 << 20
+    vm_bundle.config["linux"]["resources"] = {"memory": {"limit": limit},
+                                              "cpu": {"quota": 200000, "period": 100000}}
+    vm_bundle.write(["sh", "-c", "grep MemTotal /proc/meminfo; nproc"])
+    r = vm_runtime("run", "--keep", "--bundle", vm_bundle.path, vm_bundle.id)
+    assert r.returncode == 0, r.stderr
+    mem_kib = int(r.stdout.split()[1])
+    assert limit // 1024 < mem_kib <= (limit >> 10) + 96 * 1024, r.stdout
+    vcpus = min(2, os.cpu_count())
+    assert r.stdout.split()[-1] == str(vcpus)
+    vm = vm_runtime.raw_state(vm_bundle.id)["vm"]
+    assert (vm["memoryMiB"], vm["vcpus"]) == (200 + 96, vcpus)
+    assert vm_runtime("delete", vm_bundle.id).returncode == 0
+    json.dumps(vm)
