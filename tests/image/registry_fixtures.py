@@ -36,7 +36,6 @@ import threading
 import time
 import uuid
 
-import httpx
 import pytest
 
 USERS = {"keel": "s3cret"}
@@ -678,21 +677,18 @@ def lying_registry():
 
 # -- recording what keel sends --------------------------------------------------------------
 
-class RecordingTransport(httpx.BaseTransport):
-    """An httpx transport that passes requests to a real HTTPTransport and records
-    (method, path, query params, headers) of each."""
+class RecordingTransport:
+    """An on_request hook for RegistryClient that records (method, path, query params,
+    headers with lower-case names) of each request keel sends."""
 
-    def __init__(self, **kw):
-        self.inner = httpx.HTTPTransport(**kw)
+    def __init__(self):
         self.requests = []
 
-    def handle_request(self, request):
-        self.requests.append((request.method, request.url.path, dict(request.url.params),
-                              dict(request.headers)))
-        return self.inner.handle_request(request)
-
-    def close(self):
-        self.inner.close()
+    def __call__(self, method, url, headers):
+        import urllib.parse
+        p = urllib.parse.urlsplit(url)
+        self.requests.append((method, p.path, dict(urllib.parse.parse_qsl(p.query)),
+                              {k.lower(): v for k, v in headers.items()}))
 
     def methods(self, method, path_part=""):
         return [r for r in self.requests if r[0] == method and path_part in r[1]]

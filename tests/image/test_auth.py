@@ -129,7 +129,7 @@ def test_cross_repository_mount_with_a_token(registry_token, token_image, store)
     n = len(ts.requests)
     t = RecordingTransport()
     dest = reference.parse(f"{registry_token.host}/keel/tok-mounted:1")
-    with client(registry_token.host, credentials=registry_token.credentials, transport=t) as c:
+    with client(registry_token.host, credentials=registry_token.credentials, on_request=t) as c:
         c.push(store, img, dest)
     mounts = [r for r in t.methods("POST", "/blobs/uploads/") if r[2].get("from") == "keel/tok"]
     assert {r[2]["mount"] for r in mounts} == set(image["blobs"])     # config + 3 layers

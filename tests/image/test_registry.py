@@ -66,7 +66,7 @@ def test_pull_oci_image_pushed_by_skopeo(registry, busybox_ref, store):
 
 def test_pull_again_skips_blobs_already_stored(registry, busybox_ref, store):
     t = RecordingTransport()
-    with client(registry.host, transport=t) as c:
+    with client(registry.host, on_request=t) as c:
         c.pull(store, ref(busybox_ref))
         n = len(t.methods("GET", "/blobs/"))
         assert n == 2
@@ -155,7 +155,7 @@ def test_push_reads_back_byte_identical_with_skopeo(registry, store, tmp_path):
     img = store_image(store, image, names=["localhost/keel/local:1"])
     dest = f"{registry.host}/keel/pushed:1"
     t = RecordingTransport()
-    with client(registry.host, transport=t) as c:
+    with client(registry.host, on_request=t) as c:
         d = c.push(store, img, ref(dest))
     assert d == image["manifest_digest"]
     assert skopeo_raw(dest) == image["manifest"]
@@ -198,7 +198,7 @@ def test_push_chunked_upload(registry, busybox_ref, store, tmp_path):
     assert layer.size > 3 * 65536
     t = RecordingTransport()
     dest = f"{registry.host}/keel/chunked:1"
-    with client(registry.host, transport=t, chunk_size=65536) as c:
+    with client(registry.host, on_request=t, chunk_size=65536) as c:
         c.push(store, img, ref(dest), mount=False)
     patches = t.methods("PATCH", "/blobs/uploads/")
     ranges = [p[3]["content-range"] for p in patches]
@@ -218,7 +218,7 @@ def test_push_again_only_heads(registry, store):
         c.push(store, img, dest)
     t = RecordingTransport()
     out = io.StringIO()
-    with client(registry.host, transport=t) as c:
+    with client(registry.host, on_request=t) as c:
         c.push(store, img, dest.with_tag("2"), progress=PlainProgress(out))
     assert t.methods("POST") == [] and t.methods("PATCH") == []
     assert len(t.methods("HEAD")) == 2
@@ -236,7 +236,7 @@ def test_push_mounts_from_another_repository(registry, store):
     img = store.get(img.id)
     t = RecordingTransport()
     out = io.StringIO()
-    with client(registry.host, transport=t) as c:
+    with client(registry.host, on_request=t) as c:
         c.push(store, img, ref(f"{registry.host}/keel/mount-dst:1"), progress=PlainProgress(out))
     posts = t.methods("POST", "/keel/mount-dst/blobs/uploads/")
     assert len(posts) == 2

@@ -172,13 +172,13 @@ def set_credentials(registry: str, user: str, password: str, authfile: str | Non
 
 
 def login(registry: str, user: str, password: str, authfile: str | None = None, *,
-          insecure: bool = False, ca_dir: str | None = None, transport=None, timeout=30.0) -> str:
+          insecure: bool = False, ca_dir: str | None = None, on_request=None, timeout=30.0) -> str:
     """Check the credentials against the registry's /v2/ (basic or token auth),
     then store them; returns the auth file path. RegistryError if refused."""
     from keel.image.registry import RegistryClient
 
     client = RegistryClient(registry, insecure=insecure, ca_dir=ca_dir,
-                            credentials=(user, password), transport=transport, timeout=timeout)
+                            credentials=(user, password), on_request=on_request, timeout=timeout)
     try:
         client.check_login()
     finally:

@@ -17,9 +17,10 @@ as stored, so the pushed image has the digest it had here.
 Auth: anonymous, basic, and bearer tokens from the realm a 401's WWW-Authenticate names
 (fetched anonymously or with basic credentials, cached per scope, the request retried once).
 
-Transport: https, verified against the system CAs plus `ca_dir/<host[:port]>/*.crt` (and a
-`*.cert`/`*.key` client pair there); `insecure=True` (a registry marked insecure, or
---tls-verify=false) tries https without verification and falls back to plain http.
+Transport: keel.image.transport (http.client, keep-alive per host). https, verified against
+the system CAs plus `ca_dir/<host[:port]>/*.crt` (and a `*.cert`/`*.key` client pair there);
+`insecure=True` (a registry marked insecure, or --tls-verify=false) tries https without
+verification and falls back to plain http.
 
 Every failure is a RegistryError (or DigestMismatch) of one lowercase line naming the
 registry, repository, tag or digest.
@@ -27,8 +28,6 @@ registry, repository, tag or digest.
 
 from __future__ import annotations
 
-import base64
-import concurrent.futures
 import contextlib
 import email.utils
 import glob
@@ -40,9 +39,8 @@ import threading
 import time
 import urllib.parse
 
-import httpx
-
 from keel.image import digest as _digest
+from keel.image import transport as _http
 from keel.image.errors import DigestMismatch, ImageError, RegistryError
 from keel.image.progress import Progress
 
@@ -225,8 +223,62 @@ def _retry_after(resp) -> float | None:
         return None
 
 
+def _unverified_context():
+    """TLS without certificate checks: a registry marked insecure, or --tls-verify=false."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class _Stopped(Exception):
     """Another download of the same pull failed: stop this one (keeping its partial)."""
+
+
+def _parallel(fn, items, workers: int, name: str, stop: threading.Event | None = None) -> None:
+    """fn(item) for each item on up to `workers` threads (plain threads: concurrent.futures
+    costs ~10 ms of imports per `keel pull`). The first error is re-raised once every thread
+    has ended; with `stop`, it is set on that error (and on ^C) so the others stop early."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    todo = items[::-1]
+    errors = []
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                item = todo.pop()
+            try:
+                fn(item)
+            except _Stopped:
+                pass
+            except BaseException as e:
+                with lock:
+                    errors.append(e)
+                if stop is not None:
+                    stop.set()
+
+    threads = [threading.Thread(target=work, name=f"{name}-{i}", daemon=True)
+               for i in range(min(workers, len(items)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:
+        if stop is not None:
+            stop.set()                     # the downloads keep their partials for a rerun
+        for t in threads:
+            t.join()
+        raise
+    if errors:
+        raise errors[0]
 
 
 # -- the client ------------------------------------------------------------------
@@ -236,14 +288,15 @@ class RegistryClient:
 
     credentials: (user, password); None looks them up in `authfile` (auth.get_credentials,
     podman's default file when None); False means anonymous without lookup.
-    transport: an httpx transport (httpx.MockTransport in unit tests).
+    on_request: called as on_request(method, url, headers) before each request (tests record
+    traffic with it).
     retries: attempts after the first for 5xx/429/connection errors; backoff: first delay
     in seconds, doubled each time up to max_backoff (Retry-After wins, capped at max_retry_after).
     chunk_size: pushes of blobs larger than this are chunked (PATCH); None: always monolithic.
     """
 
     def __init__(self, registry: str, *, insecure: bool = False, ca_dir: str | None = None,
-                 credentials=None, retries: int = 4, transport=None, authfile: str | None = None,
+                 credentials=None, retries: int = 4, on_request=None, authfile: str | None = None,
                  timeout: float = 60.0, backoff: float = 0.5, max_backoff: float = 8.0,
                  max_retry_after: float = 60.0, chunk_size: int | None = 64 << 20):
         if not registry or "/" in registry:
@@ -265,12 +318,9 @@ class RegistryClient:
         self._token_lock = threading.Lock()
         self._basic = False
         self._lock = threading.Lock()
-        verify = False if insecure else self._ssl_context(ca_dir)
-        self._client = httpx.Client(transport=transport, verify=verify,
-                                    timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-                                    follow_redirects=True, headers={"User-Agent": USER_AGENT},
-                                    limits=httpx.Limits(max_connections=32,
-                                                        max_keepalive_connections=16))
+        verify = _unverified_context() if insecure else self._ssl_context(ca_dir)
+        self._client = _http.Session(verify, timeout=timeout, connect_timeout=min(timeout, 15.0),
+                                     headers={"User-Agent": USER_AGENT}, on_request=on_request)
 
     # -- setup ------------------------------------------------------------------
     def _ssl_context(self, ca_dir):
@@ -308,10 +358,10 @@ class RegistryClient:
     def _probe_scheme(self) -> str:
         """For an insecure registry: https (unverified) if it speaks TLS, else http."""
         try:
-            r = self._client.get(f"https://{self.host}/v2/", timeout=5.0)
+            r = self._client.request("GET", f"https://{self.host}/v2/", timeout=5.0)
             r.close()
             return "https"
-        except httpx.TransportError:
+        except _http.TransportError:
             return "http"
 
     # -- auth -------------------------------------------------------------------
@@ -344,7 +394,7 @@ class RegistryClient:
             return f"Bearer {tok}"
         if self._basic and self.credentials:
             user, password = self.credentials
-            return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            return _http.basic_auth(user, password)
         return None
 
     def _authenticate(self, header: str | None, scope: str | None, what: str,
@@ -374,17 +424,16 @@ class RegistryClient:
         return False
 
     def _fetch_token(self, realm: str, service: str | None, scopes: list[str], what: str) -> str:
-        url = httpx.URL(realm)
-        if url.scheme not in ("http", "https"):
+        if urllib.parse.urlsplit(realm).scheme not in ("http", "https"):
             raise RegistryError(f"{what}: token realm {realm!r} is not an http(s) url")
         params = [("service", service)] if service else []
         params += [("scope", s) for s in scopes]
-        auth = httpx.BasicAuth(*self.credentials) if self.credentials else None
+        headers = {"Authorization": _http.basic_auth(*self.credentials)} if self.credentials else {}
         attempt = 0
         while True:
             try:
-                resp = self._client.get(url, params=params, auth=auth)
-            except httpx.TransportError as e:
+                resp = self._client.request("GET", realm, params=params, headers=headers)
+            except _http.TransportError as e:
                 if attempt < self.retries:
                     self._sleep(attempt, None)
                     attempt += 1
@@ -433,7 +482,7 @@ class RegistryClient:
             else base + path_or_url
 
     def _request(self, method: str, path: str, *, what: str, kind: str = "", scope: str | None = None,
-                 headers: dict | None = None, body=None, params=None, stream: bool = False,
+                 headers: dict | None = None, body=None, params=None,
                  ok=(200,), allow=(), retries: int | None = None):
         """Send with auth and retries; returns a response whose status is in ok+allow
         (the caller closes it), or raises RegistryError for anything else."""
@@ -448,9 +497,8 @@ class RegistryClient:
                 h["Authorization"] = a
             content = body() if callable(body) else body
             try:
-                req = self._client.build_request(method, url, headers=h, content=content, params=params)
-                resp = self._client.send(req, stream=stream)
-            except httpx.TransportError as e:
+                resp = self._client.request(method, url, headers=h, body=content, params=params)
+            except _http.TransportError as e:
                 if attempt < retries:
                     self._sleep(attempt, None)
                     attempt += 1
@@ -479,9 +527,9 @@ class RegistryClient:
 
     def _transport_message(self, e: Exception) -> str:
         text = _one_line(str(e)) or type(e).__name__
-        if isinstance(e, httpx.ConnectError):
+        if isinstance(e, _http.ConnectError):
             return f"cannot connect to {self.registry}: {text}"
-        if isinstance(e, httpx.TimeoutException):
+        if isinstance(e, _http.Timeout):
             return f"timed out talking to {self.registry}"
         return f"connection to {self.registry} failed: {text}"
 
@@ -490,12 +538,7 @@ class RegistryClient:
         detail = ""
         code = ""
         try:
-            raw = b""
-            for chunk in resp.iter_raw():
-                raw += chunk
-                if len(raw) > MAX_ERROR_BODY:
-                    break
-            doc = json.loads(raw)
+            doc = json.loads(resp.read(MAX_ERROR_BODY))
             e0 = (doc.get("errors") or [{}])[0]
             code = str(e0.get("code", "")).upper()
             detail = _one_line(e0.get("message", ""), 120)
@@ -540,7 +583,7 @@ class RegistryClient:
             expected = reference
         what = self._name(repository, reference)
         resp = self._request("GET", f"/v2/{repository}/manifests/{reference}", what=what,
-                             kind="manifest", scope=self.scope(repository), stream=True,
+                             kind="manifest", scope=self.scope(repository),
                              headers={"Accept": accept})
         try:
             cl = resp.headers.get("Content-Length")
@@ -553,7 +596,7 @@ class RegistryClient:
                     data += chunk
                     if len(data) > MAX_MANIFEST_BYTES:
                         raise RegistryError(f"{what}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
-            except httpx.TransportError as e:
+            except _http.TransportError as e:
                 raise RegistryError(f"{what}: {self._transport_message(e)}") from None
             content_type = resp.headers.get("Content-Type")
             header_digest = resp.headers.get("Docker-Content-Digest")
@@ -645,7 +688,7 @@ class RegistryClient:
                     if offset:
                         headers["Range"] = f"bytes={offset}-"
                     resp = self._request("GET", f"/v2/{repository}/blobs/{d}", what=what, kind="blob",
-                                         scope=self.scope(repository), headers=headers, stream=True,
+                                         scope=self.scope(repository), headers=headers,
                                          ok=(200, 206), allow=(416,))
                     before = pos
                     error = None
@@ -664,7 +707,7 @@ class RegistryClient:
                             skip = offset - start
                         elif offset:
                             skip = offset          # the registry ignored Range: skip what we have
-                        for chunk in resp.iter_bytes():
+                        for chunk in resp.iter_bytes(DEFAULT_CHUNK):
                             if stop is not None and stop.is_set():
                                 raise _Stopped()
                             if skip:
@@ -677,7 +720,7 @@ class RegistryClient:
                             progress.advance(key, len(chunk))
                         if size is None:
                             break
-                    except httpx.TransportError as e:
+                    except _http.TransportError as e:
                         error = e
                     finally:
                         resp.close()
@@ -695,7 +738,7 @@ class RegistryClient:
                     ing.abort()                    # nothing worth keeping for a resume
                 raise
             try:
-                ing.commit()
+                ing.commit(sync_dir=False)         # pull() syncs the blob dirs once
             except DigestMismatch as e:
                 e._resumed = resumed
                 raise
@@ -728,7 +771,8 @@ class RegistryClient:
         with (lease() if callable(lease) else contextlib.nullcontext()):
             self._fetch_all(store, repo, descs, progress, parallel, config=doc["config"]["digest"])
             if not store.has_blob(mdigest):
-                store.write_blob(data, expected=mdigest)
+                store.write_blob(data, expected=mdigest, sync_dir=False)
+            store.sync_blob_dirs()
             progress.message(f"Writing manifest {mdigest}")
             return store.add_image(mdigest, names=list(names))
 
@@ -738,32 +782,12 @@ class RegistryClient:
         def kind(dsc):
             return "config" if dsc["digest"] == config else "blob"
 
-        if parallel <= 1 or len(descs) <= 1:
-            for dsc in descs:
-                self.fetch_blob(store, repo, dsc, progress, stop, kind(dsc))
-            return
-        errors = []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel,
-                                                   thread_name_prefix="keel-pull") as pool:
-            futures = [pool.submit(self.fetch_blob, store, repo, dsc, progress, stop, kind(dsc))
-                       for dsc in descs]
-            for f in concurrent.futures.as_completed(futures):
-                try:
-                    f.result()
-                except _Stopped:
-                    pass
-                except BaseException as e:
-                    stop.set()
-                    errors.append(e)
-        if errors:
-            raise errors[0]
+        _parallel(lambda dsc: self.fetch_blob(store, repo, dsc, progress, stop, kind(dsc)),
+                   descs, parallel, "keel-pull", stop)
 
     # -- writing ----------------------------------------------------------------
     def _upload_url(self, location: str, params: dict | None = None) -> str:
-        url = httpx.URL(self._url(location))
-        if params:
-            url = url.copy_merge_params(params)
-        return str(url)
+        return _http.with_params(self._url(location), params)
 
     def mount_blob(self, repository: str, d: str, from_repository: str) -> str | None:
         """Cross-repository mount. None when mounted, else the upload location the
@@ -931,14 +955,7 @@ class RegistryClient:
             return self.push_blob(store, ref.repository, dsc, progress, mount_from=srcs, kind=kind)
 
         progress.message(f"Pushing {what}")
-        if parallel <= 1:
-            for dsc in descs:
-                one(dsc)
-        else:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=parallel,
-                                                       thread_name_prefix="keel-push") as pool:
-                for f in [pool.submit(one, dsc) for dsc in descs]:
-                    f.result()
+        _parallel(one, descs, parallel, "keel-push")
         progress.message(f"Writing manifest {image.manifest_digest}")
         got = self.put_manifest(ref.repository, ref.tag or ref.digest or "latest", data, media_type)
         if got != image.manifest_digest and image.manifest_digest.startswith("sha256:"):
@@ -950,7 +967,7 @@ class RegistryClient:
 
 def pull_image(store, name: str, *, platform: str = "linux/amd64", progress: Progress | None = None,
                parallel: int = DEFAULT_PARALLEL, tls_verify: bool = True, authfile: str | None = None,
-               credentials=None, conf=None, certs_dirs=None, transport=None, **client_kw):
+               credentials=None, conf=None, certs_dirs=None, on_request=None, **client_kw):
     """`keel pull NAME`: resolve NAME with registries.conf (aliases, search registries),
     try each candidate at its mirrors and then its location; returns the Image.
     The recorded name is the candidate's, whichever mirror served it."""
@@ -965,7 +982,7 @@ def pull_image(store, name: str, *, platform: str = "linux/amd64", progress: Pro
             src_ref = _retarget(ref, src.registry, src.repository)
             try:
                 with _client_for(src.registry, src.insecure or not tls_verify, authfile, credentials,
-                                 certs_dirs, transport, client_kw) as client:
+                                 certs_dirs, on_request, client_kw) as client:
                     return client.pull(store, src_ref, platform=platform, progress=progress,
                                        parallel=parallel,
                                        names=[str(ref)] if ref.tag else [])
@@ -983,7 +1000,7 @@ def pull_image(store, name: str, *, platform: str = "linux/amd64", progress: Pro
 
 def push_image(store, image, dest: str, *, progress: Progress | None = None,
                parallel: int = DEFAULT_PARALLEL, tls_verify: bool = True, authfile: str | None = None,
-               credentials=None, conf=None, certs_dirs=None, transport=None, **client_kw) -> str:
+               credentials=None, conf=None, certs_dirs=None, on_request=None, **client_kw) -> str:
     """`keel push IMAGE DEST`: returns the manifest digest."""
     from keel.image import reference, registries as _registries
 
@@ -993,7 +1010,7 @@ def push_image(store, image, dest: str, *, progress: Progress | None = None,
         raise RegistryError(f"registry blocked by registries.conf: {ref.name}")
     entry = conf.find(ref.name)
     insecure = (entry is not None and entry.insecure) or not tls_verify
-    with _client_for(ref.registry, insecure, authfile, credentials, certs_dirs, transport,
+    with _client_for(ref.registry, insecure, authfile, credentials, certs_dirs, on_request,
                      client_kw) as client:
         return client.push(store, image, ref, progress=progress, parallel=parallel)
 
@@ -1004,10 +1021,10 @@ def _retarget(ref, registry, repository):
     return Reference(registry, repository, ref.tag, ref.digest)
 
 
-def _client_for(registry, insecure, authfile, credentials, certs_dirs, transport, client_kw):
+def _client_for(registry, insecure, authfile, credentials, certs_dirs, on_request, client_kw):
     from keel.image import registries as _registries
 
     dirs = _registries.CERTS_DIRS if certs_dirs is None else certs_dirs
     ca_dir = _registries.certs_dir_for(registry, dirs)
     return RegistryClient(registry, insecure=insecure, ca_dir=ca_dir, credentials=credentials,
-                          authfile=authfile, transport=transport, **client_kw)
+                          authfile=authfile, on_request=on_request, **client_kw)
