@@ -121,14 +121,20 @@ class Response:
 
     def iter_bytes(self, chunk_size: int = 1 << 20):
         """The body in chunks of up to chunk_size bytes; TransportError if it is cut short."""
+        raw, got = self._raw, 0
         try:
             while True:
-                b = self._raw.read(chunk_size)
+                b = raw.read(chunk_size)
                 if not b:
+                    # http.client's read(n) returns b"" at an early EOF instead of raising
+                    if raw.length:
+                        raise TransportError(f"connection closed after {got} bytes, {raw.length} "
+                                             "short of the announced length")
                     return
+                got += len(b)
                 yield b
         except http.client.IncompleteRead as e:
-            raise TransportError(f"connection closed after {len(e.partial)} more bytes, "
+            raise TransportError(f"connection closed after {got + len(e.partial)} bytes, "
                                  f"{e.expected} short of the announced length") from None
         except (OSError, http.client.HTTPException) as e:
             raise _translate(e) from None
