@@ -125,7 +125,11 @@ class TokenServer:
 
     Valid credentials get every action they ask for; anonymous requests get `anonymous`
     actions (default: none) ; wrong credentials get 401. `requests` records
-    (user or None, [scopes]) of each token request."""
+    (user or None, [scopes], ok) of each GET token request.
+
+    POST /token is the OAuth2 form (grant_type=refresh_token with a refresh token from
+    `refresh_tokens` {token: user}, client_id required); `grants` records the form of each.
+    `expires_in` is what each token response says (default 300)."""
 
     def __init__(self, service="keel-test-registry", issuer="keel-test-issuer", users=None,
                  anonymous=()):
@@ -134,6 +138,9 @@ class TokenServer:
         self.anonymous = tuple(anonymous)
         self.key, self.cert = make_cert("keel test token issuer", is_ca=True)
         self.requests = []
+        self.grants = []
+        self.refresh_tokens = {}
+        self.expires_in = 300
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -167,8 +174,32 @@ class TokenServer:
                         return
                 server.requests.append((user, scopes, True))
                 token = server.issue(user, scopes)
-                body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
-                self.send_response(200)
+                self._json(200, {"token": token, "access_token": token, "expires_in": server.expires_in})
+
+            def do_POST(self):
+                from urllib.parse import parse_qs
+
+                n = int(self.headers.get("Content-Length") or 0)
+                form = {k: v[0] for k, v in parse_qs(self.rfile.read(n).decode()).items()}
+                server.grants.append(form)
+                if self.path != "/token":
+                    self._json(404, {"error": "not_found"})
+                    return
+                user = server.refresh_tokens.get(form.get("refresh_token"))
+                if form.get("grant_type") != "refresh_token" or not form.get("client_id"):
+                    self._json(400, {"error": "unsupported_grant_type"})
+                    return
+                if user is None:
+                    self._json(400, {"error": "invalid_grant"})
+                    return
+                scopes = [s for s in form.get("scope", "").split(" ") if s]
+                token = server.issue(user, scopes)
+                self._json(200, {"access_token": token, "expires_in": server.expires_in,
+                                 "scope": form.get("scope", "")})
+
+            def _json(self, status, doc):
+                body = json.dumps(doc).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

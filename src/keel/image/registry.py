@@ -15,7 +15,9 @@ with Content-Range, then PUT); the manifest is put with its own media type, byte
 as stored, so the pushed image has the digest it had here.
 
 Auth: anonymous, basic, and bearer tokens from the realm a 401's WWW-Authenticate names
-(fetched anonymously or with basic credentials, cached per scope, the request retried once).
+(fetched anonymously or with basic credentials; with an identity token, an OAuth2 refresh-token
+grant POSTed to the realm, as containers/image does), cached per scope until their expires_in
+runs out, the request retried once.
 
 Transport: keel.image.transport (http.client, keep-alive per host). https, verified against
 the system CAs plus `ca_dir/<host[:port]>/*.crt` (and a `*.cert`/`*.key` client pair there);
@@ -61,6 +63,9 @@ DOCKER_HUB_API = "registry-1.docker.io"
 DEFAULT_PARALLEL = 3
 DEFAULT_CHUNK = 1 << 20            # read/write granularity
 USER_AGENT = "keel/0.1.0"
+IDENTITY_TOKEN_USER = "<token>"    # = keel.image.auth.IDENTITY_TOKEN_USER (docker's marker)
+OAUTH_CLIENT_ID = "keel"
+DEFAULT_TOKEN_LIFETIME = 60        # seconds, when the token server does not say (distribution spec)
 
 _ARCH_ALIASES = {"x86_64": ("amd64", None), "x86-64": ("amd64", None), "aarch64": ("arm64", None),
                  "armhf": ("arm", "v7"), "armel": ("arm", "v6"), "i386": ("386", None),
@@ -286,7 +291,7 @@ def _parallel(fn, items, workers: int, name: str, stop: threading.Event | None =
 class RegistryClient:
     """One registry ("localhost:5000", "quay.io", "docker.io"), any of its repositories.
 
-    credentials: (user, password); None looks them up in `authfile` (auth.get_credentials,
+    credentials: (user, password), or (IDENTITY_TOKEN_USER, refresh token); None looks them up in `authfile` (auth.get_credentials,
     podman's default file when None); False means anonymous without lookup.
     on_request: called as on_request(method, url, headers) before each request (tests record
     traffic with it).
@@ -314,8 +319,9 @@ class RegistryClient:
             credentials = auth.get_credentials(registry, authfile)
         self.credentials = tuple(credentials) if credentials else None
         self._scheme = None if insecure else "https"
-        self._tokens: dict[frozenset, str] = {}      # scope atoms -> bearer token
+        self._tokens: dict[frozenset, tuple] = {}    # scope atoms -> (bearer token, expiry)
         self._token_lock = threading.Lock()
+        self._bearer = None                            # (realm, service) of the last challenge
         self._basic = False
         self._lock = threading.Lock()
         verify = _unverified_context() if insecure else self._ssl_context(ca_dir)
@@ -380,19 +386,36 @@ class RegistryClient:
             out.update(f"{head}:{a}" for a in actions.split(",") if a)
         return frozenset(out)
 
-    def _cached_token(self, atoms: frozenset) -> str | None:
-        tok = self._tokens.get(atoms)
-        if tok is None:
-            for have, t in list(self._tokens.items()):
-                if atoms <= have:
-                    return t
-        return tok
+    @property
+    def _identity_token(self) -> str | None:
+        if self.credentials and self.credentials[0] == IDENTITY_TOKEN_USER:
+            return self.credentials[1]
+        return None
 
-    def _auth_header(self, scope: str | None) -> str | None:
-        tok = self._cached_token(self._atoms(scope))
+    def _cached_token(self, atoms: frozenset) -> str | None:
+        """A token for at least these scope atoms that has not expired."""
+        now = time.monotonic()
+        hit = self._tokens.get(atoms)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        for have, (tok, expires) in list(self._tokens.items()):
+            if atoms <= have and expires > now:
+                return tok
+        return None
+
+    def _auth_header(self, scope: str | None, what: str) -> str | None:
+        atoms = self._atoms(scope)
+        tok = self._cached_token(atoms)
+        if tok is None and self._bearer is not None and atoms:
+            # the registry asked for bearer tokens before: get this scope's (or a fresh one
+            # for an expired token) now rather than after one more 401
+            with self._token_lock:
+                tok = self._cached_token(atoms)
+                if tok is None:
+                    tok = self._new_token(atoms, *self._bearer, scope.split(), what)
         if tok:
             return f"Bearer {tok}"
-        if self._basic and self.credentials:
+        if self._basic and self.credentials and not self._identity_token:
             user, password = self.credentials
             return _http.basic_auth(user, password)
         return None
@@ -413,26 +436,45 @@ class RegistryClient:
                     cur = self._cached_token(atoms)
                     if cur and f"Bearer {cur}" != sent:
                         return True
-                    token = self._fetch_token(params["realm"], params.get("service"), scopes, what)
-                    self._tokens[atoms] = token
+                    self._new_token(atoms, params["realm"], params.get("service"), scopes, what)
+                    self._bearer = (params["realm"], params.get("service"))
                 return True
             if scheme == "basic":
-                if not self.credentials:
+                if not self.credentials or self._identity_token:
                     return False
                 self._basic = True
                 return True
         return False
 
-    def _fetch_token(self, realm: str, service: str | None, scopes: list[str], what: str) -> str:
+    def _new_token(self, atoms, realm, service, scopes, what) -> str:
+        token, lifetime = self._fetch_token(realm, service, scopes, what)
+        self._tokens[atoms] = (token, time.monotonic() + lifetime)
+        return token
+
+    def _fetch_token(self, realm: str, service: str | None, scopes: list[str],
+                     what: str) -> tuple[str, float]:
+        """(token, lifetime in seconds) from the realm: GET with basic credentials (or
+        none), or with an identity token the OAuth2 refresh-token grant (POST)."""
         if urllib.parse.urlsplit(realm).scheme not in ("http", "https"):
             raise RegistryError(f"{what}: token realm {realm!r} is not an http(s) url")
-        params = [("service", service)] if service else []
-        params += [("scope", s) for s in scopes]
-        headers = {"Authorization": _http.basic_auth(*self.credentials)} if self.credentials else {}
+        identity = self._identity_token
+        if identity:
+            method, params = "POST", None
+            form = [("grant_type", "refresh_token"), ("refresh_token", identity),
+                    ("client_id", OAUTH_CLIENT_ID)]
+            form += [("service", service)] if service else []
+            form += [("scope", " ".join(scopes))] if scopes else []
+            body = urllib.parse.urlencode(form).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        else:
+            method, body = "GET", None
+            params = [("service", service)] if service else []
+            params += [("scope", s) for s in scopes]
+            headers = {"Authorization": _http.basic_auth(*self.credentials)} if self.credentials else {}
         attempt = 0
         while True:
             try:
-                resp = self._client.request("GET", realm, params=params, headers=headers)
+                resp = self._client.request(method, realm, params=params, headers=headers, body=body)
             except _http.TransportError as e:
                 if attempt < self.retries:
                     self._sleep(attempt, None)
@@ -444,21 +486,30 @@ class RegistryClient:
                 attempt += 1
                 continue
             break
-        if resp.status_code in (401, 403):
-            raise RegistryError(f"unauthorized: {what}: token server {realm} refused "
-                                + ("the credentials" if self.credentials else "anonymous access"),
-                                status=resp.status_code)
-        if resp.status_code != 200:
-            raise RegistryError(f"{what}: token server {realm} answered http {resp.status_code}",
-                                status=resp.status_code)
         try:
-            body = resp.json()
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+            status = resp.status_code
+            refused = (401, 403) + ((400,) if identity else ())   # OAuth2: invalid_grant is a 400
+            if status in refused:
+                raise RegistryError(f"unauthorized: {what}: token server {realm} refused "
+                                    + ("the identity token" if identity else
+                                       "the credentials" if self.credentials else "anonymous access"),
+                                    status=401 if status == 400 else status)
+            if status != 200:
+                raise RegistryError(f"{what}: token server {realm} answered http {status}",
+                                    status=status)
+            try:
+                doc = resp.json()
+                token = doc.get("token") or doc.get("access_token")
+                lifetime = doc.get("expires_in", DEFAULT_TOKEN_LIFETIME)
+            except (ValueError, AttributeError):
+                token, lifetime = None, None
+        finally:
+            resp.close()
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{what}: token server {realm} sent no token")
-        return token
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
+            lifetime = DEFAULT_TOKEN_LIFETIME
+        return token, float(lifetime)
 
     def check_login(self) -> None:
         """GET /v2/ with the credentials (basic or via the token realm); RegistryError if refused."""
@@ -492,7 +543,7 @@ class RegistryClient:
         authed = False
         while True:
             h = dict(headers or {})
-            a = self._auth_header(scope)
+            a = self._auth_header(scope, what)
             if a:
                 h["Authorization"] = a
             content = body() if callable(body) else body
