@@ -452,9 +452,11 @@ def tar_bytes(files: dict) -> bytes:
     return buf.getvalue()
 
 
-def make_image(layers=None, *, architecture="amd64", variant=None, media_type=OCI_MANIFEST):
+def make_image(layers=None, *, architecture="amd64", variant=None, media_type=OCI_MANIFEST,
+               config_changes=None):
     """An image as bytes: {"manifest", "manifest_digest", "media_type", "config_digest",
-    "layer_digests", "blobs": {digest: bytes}} (layers: list of {name: bytes} dicts)."""
+    "layer_digests", "blobs": {digest: bytes}} (layers: list of {name: bytes} dicts).
+    config_changes: keys to set in the config (None as a value removes the key)."""
     if layers is None:
         layers = [{"hello.txt": b"hello from keel\n"}]
     docker = media_type != OCI_MANIFEST
@@ -470,6 +472,11 @@ def make_image(layers=None, *, architecture="amd64", variant=None, media_type=OC
            "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
     if variant:
         cfg["variant"] = variant
+    for k, v in (config_changes or {}).items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
     cfg_bytes = json.dumps(cfg, sort_keys=True).encode()
     blobs[sha256(cfg_bytes)] = cfg_bytes
     manifest = {"schemaVersion": 2, "mediaType": media_type,
@@ -723,6 +730,22 @@ class RecordingTransport:
 
     def methods(self, method, path_part=""):
         return [r for r in self.requests if r[0] == method and path_part in r[1]]
+
+
+def client(host, **kw):
+    """A RegistryClient for the test registries: insecure (http), anonymous unless told,
+    short backoff."""
+    from keel.image.registry import RegistryClient
+
+    kw.setdefault("credentials", False)
+    kw.setdefault("backoff", 0.01)
+    return RegistryClient(host, insecure=True, **kw)
+
+
+def ref(s):
+    from keel.image import reference
+
+    return reference.parse(s)
 
 
 def store_image(store, image: dict, names=()):

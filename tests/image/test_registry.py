@@ -8,25 +8,14 @@ import time
 
 import pytest
 
-from keel.image import reference
 from keel.image.errors import DigestMismatch, RegistryError
 from keel.image.progress import PlainProgress, QuietProgress, RichProgress, make_progress
-from keel.image.registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryClient,
+from keel.image.registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
                                  parse_platform, parse_www_authenticate, select_platform)
 from keel.image.store import Store
 
-from registry_fixtures import (RecordingTransport, lying_registry, make_image, make_index,  # noqa: F401
-                               registry, sha256, skopeo, skopeo_push, skopeo_raw, store_image)
-
-
-def client(host, **kw):
-    kw.setdefault("credentials", False)
-    kw.setdefault("backoff", 0.01)
-    return RegistryClient(host, insecure=True, **kw)
-
-
-def ref(s):
-    return reference.parse(s)
+from registry_fixtures import (RecordingTransport, client, lying_registry, make_image, make_index,  # noqa: F401
+                               ref, registry, sha256, skopeo, skopeo_push, skopeo_raw, store_image)
 
 
 def assert_clean(store, *digests):

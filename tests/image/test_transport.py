@@ -3,7 +3,6 @@ http.server instances on 127.0.0.1 run by the tests, and a full pull from the re
 docker-registry through an HTTP proxy (plain and CONNECT)."""
 
 import http.server
-import os
 import select
 import socket
 import socketserver

@@ -39,7 +39,9 @@ def register(sub, group=False):
     p = add("pull", cmd_pull, "pull an image from a registry")
     p.add_argument("name")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
-    p.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] (default %(default)s)")
+    p.add_argument("--platform", default=None,
+                   help="os/arch[/variant]; the image must be for it (default: this host's, "
+                        "with a warning for an image of another platform)")
     _tls(p)
 
     p = add("push", cmd_push, "push an image to a registry")

@@ -56,6 +56,7 @@ MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 MAX_MANIFEST_BYTES = 4 << 20
+MAX_CONFIG_BYTES = 16 << 20
 MAX_ERROR_BODY = 64 << 10
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 DOCKER_HUB = "docker.io"
@@ -155,6 +156,46 @@ def select_platform(manifests: list[dict], platform: str, what: str) -> dict:
                         + (", ".join(available) if available else "none"))
 
 
+def _json_object(data: bytes, what: str, kind: str) -> dict:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise RegistryError(f"{what}: invalid {kind}: not json") from None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{what}: invalid {kind}: not a json object")
+    return doc
+
+
+def host_platform() -> str:
+    """This machine's platform as "linux/amd64", "linux/arm64", "linux/arm/v7"."""
+    machine = os.uname().machine.lower()
+    if machine.startswith("armv") and machine[4:5].isdigit():
+        return f"linux/arm/v{machine[4]}"
+    arch, variant = _ARCH_ALIASES.get(machine, (machine, None))
+    return f"linux/{arch}" + (f"/{variant}" if variant else "")
+
+
+def platform_mismatch(config: bytes, platform: str, what: str) -> str | None:
+    """The platform an image config names when it is not `platform` ("linux/arm64"), else
+    None. A config naming no os/architecture matches anything; a variant is compared only
+    when both sides have one (arm64's v8 and arm's v7 assumed when unnamed)."""
+    doc = _json_object(config, what, "image config")
+    want_os, want_arch, want_variant = parse_platform(platform)
+    os_ = str(doc.get("os") or "").lower()
+    arch = str(doc.get("architecture") or "").lower()
+    variant = str(doc.get("variant") or "").lower() or None
+    if arch in _ARCH_ALIASES:
+        arch, v = _ARCH_ALIASES[arch]
+        variant = variant or v
+    have = _platform_str({"os": os_ or "?", "architecture": arch or "?", "variant": variant})
+    if (os_ and os_ != want_os) or (arch and arch != want_arch):
+        return have
+    have_variant = variant or _DEFAULT_VARIANT.get(arch)
+    if want_variant and have_variant and have_variant != want_variant:
+        return have
+    return None
+
+
 def _check_descriptor(d, where: str) -> dict:
     if not isinstance(d, dict):
         raise RegistryError(f"{where}: descriptor is not an object")
@@ -178,12 +219,7 @@ def parse_manifest(data: bytes, content_type: str | None, what: str) -> tuple[di
     if ct and ct not in MANIFEST_TYPES + INDEX_TYPES and ct not in ("application/json",
                                                                     "application/octet-stream"):
         raise RegistryError(f"{what}: unexpected content-type {ct!r} for a manifest")
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise RegistryError(f"{what}: invalid manifest: not json") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{what}: invalid manifest: not a json object")
+    doc = _json_object(data, what, "manifest")
     if doc.get("schemaVersion") == 1:
         raise RegistryError(f"{what}: docker schema1 manifests are not supported")
     if doc.get("schemaVersion") != 2:
@@ -794,12 +830,20 @@ class RegistryClient:
                 e._resumed = resumed
                 raise
 
-    def pull(self, store, ref, platform: str = "linux/amd64", progress: Progress | None = None,
+    def pull(self, store, ref, platform: str | None = None, progress: Progress | None = None,
              parallel: int = DEFAULT_PARALLEL, names=None):
         """Pull `ref` (a Reference; its repository is read from this client's registry)
         into `store`; returns the Image. names: the names to record (default: the
-        reference itself when it has a tag)."""
+        reference itself when it has a tag).
+
+        platform: picks the entry of an index; and the image's config must name it (os,
+        architecture, variant when both say one), else RegistryError before any layer is
+        fetched. None: this host's platform, and a single image for another platform is
+        pulled with a warning (podman's and docker's behaviour without --platform)."""
         progress = progress or Progress()
+        strict = platform is not None
+        platform = platform or host_platform()
+        parse_platform(platform)                   # a bad --platform fails before any request
         repo = ref.repository
         reference = ref.digest or ref.tag or "latest"
         what = self._name(repo, reference)
@@ -810,30 +854,78 @@ class RegistryClient:
             if media_type not in MANIFEST_TYPES:
                 raise RegistryError(f"{what}: platform {platform} entry {desc['digest']} is a "
                                     f"{media_type}, not an image manifest")
-        descs, seen = [], set()
-        for dsc in [doc["config"]] + list(doc["layers"]):
+        cdesc = doc["config"]
+        descs, seen = [], {cdesc["digest"]}
+        for dsc in doc["layers"]:
             if dsc["digest"] not in seen:
                 seen.add(dsc["digest"])
                 descs.append(dsc)
         if names is None:
             names = [str(ref)] if ref.tag else []
         progress.message(f"Pulling {what}")
+        config = self._get_config(store, repo, cdesc, progress)
+        other = platform_mismatch(config, platform, f"{what}: config {cdesc['digest']}")
+        if other and strict:
+            raise RegistryError(f"{what}: image platform {other} does not match the requested "
+                                f"platform {platform}")
+        if other:
+            progress.message(f"WARNING: image platform ({other}) does not match the expected "
+                             f"platform ({platform})")
         lease = getattr(store, "lease", None)
         with (lease() if callable(lease) else contextlib.nullcontext()):
-            self._fetch_all(store, repo, descs, progress, parallel, config=doc["config"]["digest"])
+            if not store.has_blob(cdesc["digest"]):
+                store.write_blob(config, expected=cdesc["digest"], sync_dir=False)
+            self._fetch_all(store, repo, descs, progress, parallel)
             if not store.has_blob(mdigest):
                 store.write_blob(data, expected=mdigest, sync_dir=False)
             store.sync_blob_dirs()
             progress.message(f"Writing manifest {mdigest}")
             return store.add_image(mdigest, names=list(names))
 
-    def _fetch_all(self, store, repo, descs, progress, parallel, config=None):
+    def _get_config(self, store, repo: str, desc: dict, progress: Progress) -> bytes:
+        """The image config's bytes, verified, held in memory (from the store when it is
+        there): the platform is checked before anything is written."""
+        d, size = desc["digest"], desc["size"]
+        key, label = f"config:{d}", f"Copying config {d.split(':', 1)[1][:12]}"
+        progress.add(key, size, label)
+        if store.has_blob(d):
+            progress.finish(key, "skipped: already exists")
+            return store.read_blob(d)
+        what = f"{self._name(repo)}@{d}"
+        if size > MAX_CONFIG_BYTES:
+            progress.finish(key, "failed")
+            raise RegistryError(f"{what}: config of {size} bytes is larger than {MAX_CONFIG_BYTES}")
+        attempt = 0
+        try:
+            while True:
+                resp = self._request("GET", f"/v2/{repo}/blobs/{d}", what=what, kind="blob",
+                                     scope=self.scope(repo), headers={"Accept-Encoding": "identity"})
+                try:
+                    data = resp.read(size)
+                    break
+                except _http.TransportError as e:
+                    if attempt >= self.retries:
+                        raise RegistryError(f"{what}: {self._transport_message(e)}") from None
+                finally:
+                    resp.close()
+                self._sleep(attempt, None)
+                attempt += 1
+            v = _digest.Verifier(d, size)
+            v.update(data)
+            try:
+                v.check()
+            except DigestMismatch as e:
+                raise DigestMismatch(f"{self._name(repo)}: {e}") from None
+        except BaseException:
+            progress.finish(key, "failed")
+            raise
+        progress.advance(key, size)
+        progress.finish(key, "done")
+        return data
+
+    def _fetch_all(self, store, repo, descs, progress, parallel):
         stop = threading.Event()
-
-        def kind(dsc):
-            return "config" if dsc["digest"] == config else "blob"
-
-        _parallel(lambda dsc: self.fetch_blob(store, repo, dsc, progress, stop, kind(dsc)),
+        _parallel(lambda dsc: self.fetch_blob(store, repo, dsc, progress, stop),
                    descs, parallel, "keel-pull", stop)
 
     # -- writing ----------------------------------------------------------------
@@ -1016,7 +1108,7 @@ class RegistryClient:
 
 # -- the whole pull and push, with registries.conf ----------------------------------
 
-def pull_image(store, name: str, *, platform: str = "linux/amd64", progress: Progress | None = None,
+def pull_image(store, name: str, *, platform: str | None = None, progress: Progress | None = None,
                parallel: int = DEFAULT_PARALLEL, tls_verify: bool = True, authfile: str | None = None,
                credentials=None, conf=None, certs_dirs=None, on_request=None, **client_kw):
     """`keel pull NAME`: resolve NAME with registries.conf (aliases, search registries),
@@ -1024,6 +1116,8 @@ def pull_image(store, name: str, *, platform: str = "linux/amd64", progress: Pro
     The recorded name is the candidate's, whichever mirror served it."""
     from keel.image import registries as _registries
 
+    if platform is not None:
+        parse_platform(platform)
     conf = conf if conf is not None else _registries.load()
     candidates = conf.resolve(name)
     errors = []
