@@ -401,7 +401,7 @@ def main(argv=None):
             keel_env["PYTHONPYCACHEPREFIX"] = os.path.join(work, "pycache")
             subprocess.run([sys.executable, "-c",
                             "import keel.cli.main, keel.cli.images, keel.image.registry, "
-                            "keel.image.store, keel.image.registries, keel.image.auth, httpcore"],
+                            "keel.image.store, keel.image.registries, keel.image.auth, keel.image.transport, tomllib"],
                            check=False, env=keel_env)
         registry = Registry(os.path.join(work, "registry"))
         infos = {}

@@ -109,6 +109,46 @@ def test_image_mount_refuses_rmi_until_unmounted(tmp_path, pushed):
     assert keel(root, "rmi", f"{pushed}:1.0").returncode == 0
 
 
+def test_image_mount_is_counted_unmount_all_and_rmi_force(tmp_path, pushed):
+    root = tmp_path / "store"
+    assert keel(root, "pull", "-q", "--tls-verify=false", f"{pushed}:1.0").returncode == 0
+    image_id = json.loads(keel(root, "images", "--format", "json").stdout)[0]["Id"]
+    paths = [keel(root, "image", "mount", f"{pushed}:1.0").stdout.strip() for _ in range(2)]
+    path = paths[0]
+    try:
+        assert paths[1] == path and path in open("/proc/self/mountinfo").read()
+        r = keel(root, "image", "mount", "--format", "json")
+        [m] = json.loads(r.stdout)
+        assert m["Id"] == image_id and m["Mountpoint"] == path and m["MountCount"] == 2
+        assert keel(root, "image", "mount").stdout.split() == [f"{pushed}:1.0", path]
+        # two mounts, one unmount: still mounted
+        r = keel(root, "image", "unmount", f"{pushed}:1.0")
+        assert r.returncode == 0 and r.stdout.strip() == image_id
+        assert os.path.exists(os.path.join(path, "bin", "busybox"))
+        r = keel(root, "rmi", f"{pushed}:1.0")
+        assert r.returncode != 0 and "in use (mounted)" in r.stderr
+        assert keel(root, "image", "mount", f"{pushed}:1.0").returncode == 0     # count 2 again
+        r = keel(root, "image", "unmount", "--all")
+        assert r.returncode == 0 and r.stdout.split() == [image_id]
+        assert path not in open("/proc/self/mountinfo").read()
+        assert keel(root, "image", "mount").stdout == ""
+        r = keel(root, "image", "unmount", f"{pushed}:1.0")
+        assert r.returncode == 125 and r.stderr.strip() == f"Error: image {image_id[:12]} is not mounted"
+        # rmi --force of a mounted image unmounts it
+        keel(root, "image", "mount", f"{pushed}:1.0")
+        keel(root, "image", "mount", f"{pushed}:1.0")
+        r = keel(root, "rmi", "--force", f"{pushed}:1.0")
+        assert r.returncode == 0, r.stderr
+        assert path not in open("/proc/self/mountinfo").read()
+    finally:
+        if path and path in open("/proc/self/mountinfo").read():
+            subprocess.run(["umount", "-l", path], check=False)
+    r = keel(root, "image", "unmount", "--all", f"{pushed}:1.0")
+    assert r.returncode == 125 and "cannot be used together" in r.stderr
+    r = keel(root, "image", "mount", "nosuchimage")
+    assert r.returncode == 125 and "nosuchimage" in r.stderr
+
+
 def test_login_logout_with_basic_auth(tmp_path, registry_basic, oci_busybox):
     authfile = tmp_path / "auth.json"
     r = keel(tmp_path / "s", "login", "--tls-verify=false", "-u", "keel", "-p", "wrong",

@@ -36,7 +36,6 @@ import threading
 import time
 import uuid
 
-import httpx
 import pytest
 
 USERS = {"keel": "s3cret"}
@@ -126,7 +125,11 @@ class TokenServer:
 
     Valid credentials get every action they ask for; anonymous requests get `anonymous`
     actions (default: none) ; wrong credentials get 401. `requests` records
-    (user or None, [scopes]) of each token request."""
+    (user or None, [scopes], ok) of each GET token request.
+
+    POST /token is the OAuth2 form (grant_type=refresh_token with a refresh token from
+    `refresh_tokens` {token: user}, client_id required); `grants` records the form of each.
+    `expires_in` is what each token response says (default 300)."""
 
     def __init__(self, service="keel-test-registry", issuer="keel-test-issuer", users=None,
                  anonymous=()):
@@ -135,6 +138,9 @@ class TokenServer:
         self.anonymous = tuple(anonymous)
         self.key, self.cert = make_cert("keel test token issuer", is_ca=True)
         self.requests = []
+        self.grants = []
+        self.refresh_tokens = {}
+        self.expires_in = 300
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -168,8 +174,32 @@ class TokenServer:
                         return
                 server.requests.append((user, scopes, True))
                 token = server.issue(user, scopes)
-                body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
-                self.send_response(200)
+                self._json(200, {"token": token, "access_token": token, "expires_in": server.expires_in})
+
+            def do_POST(self):
+                from urllib.parse import parse_qs
+
+                n = int(self.headers.get("Content-Length") or 0)
+                form = {k: v[0] for k, v in parse_qs(self.rfile.read(n).decode()).items()}
+                server.grants.append(form)
+                if self.path != "/token":
+                    self._json(404, {"error": "not_found"})
+                    return
+                user = server.refresh_tokens.get(form.get("refresh_token"))
+                if form.get("grant_type") != "refresh_token" or not form.get("client_id"):
+                    self._json(400, {"error": "unsupported_grant_type"})
+                    return
+                if user is None:
+                    self._json(400, {"error": "invalid_grant"})
+                    return
+                scopes = [s for s in form.get("scope", "").split(" ") if s]
+                token = server.issue(user, scopes)
+                self._json(200, {"access_token": token, "expires_in": server.expires_in,
+                                 "scope": form.get("scope", "")})
+
+            def _json(self, status, doc):
+                body = json.dumps(doc).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -422,9 +452,11 @@ def tar_bytes(files: dict) -> bytes:
     return buf.getvalue()
 
 
-def make_image(layers=None, *, architecture="amd64", variant=None, media_type=OCI_MANIFEST):
+def make_image(layers=None, *, architecture="amd64", variant=None, media_type=OCI_MANIFEST,
+               config_changes=None):
     """An image as bytes: {"manifest", "manifest_digest", "media_type", "config_digest",
-    "layer_digests", "blobs": {digest: bytes}} (layers: list of {name: bytes} dicts)."""
+    "layer_digests", "blobs": {digest: bytes}} (layers: list of {name: bytes} dicts).
+    config_changes: keys to set in the config (None as a value removes the key)."""
     if layers is None:
         layers = [{"hello.txt": b"hello from keel\n"}]
     docker = media_type != OCI_MANIFEST
@@ -440,6 +472,11 @@ def make_image(layers=None, *, architecture="amd64", variant=None, media_type=OC
            "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
     if variant:
         cfg["variant"] = variant
+    for k, v in (config_changes or {}).items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
     cfg_bytes = json.dumps(cfg, sort_keys=True).encode()
     blobs[sha256(cfg_bytes)] = cfg_bytes
     manifest = {"schemaVersion": 2, "mediaType": media_type,
@@ -678,24 +715,37 @@ def lying_registry():
 
 # -- recording what keel sends --------------------------------------------------------------
 
-class RecordingTransport(httpx.BaseTransport):
-    """An httpx transport that passes requests to a real HTTPTransport and records
-    (method, path, query params, headers) of each."""
+class RecordingTransport:
+    """An on_request hook for RegistryClient that records (method, path, query params,
+    headers with lower-case names) of each request keel sends."""
 
-    def __init__(self, **kw):
-        self.inner = httpx.HTTPTransport(**kw)
+    def __init__(self):
         self.requests = []
 
-    def handle_request(self, request):
-        self.requests.append((request.method, request.url.path, dict(request.url.params),
-                              dict(request.headers)))
-        return self.inner.handle_request(request)
-
-    def close(self):
-        self.inner.close()
+    def __call__(self, method, url, headers):
+        import urllib.parse
+        p = urllib.parse.urlsplit(url)
+        self.requests.append((method, p.path, dict(urllib.parse.parse_qsl(p.query)),
+                              {k.lower(): v for k, v in headers.items()}))
 
     def methods(self, method, path_part=""):
         return [r for r in self.requests if r[0] == method and path_part in r[1]]
+
+
+def client(host, **kw):
+    """A RegistryClient for the test registries: insecure (http), anonymous unless told,
+    short backoff."""
+    from keel.image.registry import RegistryClient
+
+    kw.setdefault("credentials", False)
+    kw.setdefault("backoff", 0.01)
+    return RegistryClient(host, insecure=True, **kw)
+
+
+def ref(s):
+    from keel.image import reference
+
+    return reference.parse(s)
 
 
 def store_image(store, image: dict, names=()):

@@ -114,7 +114,8 @@ def test_token_expired_is_fetched_again(registry_token, token_image, store):
     name, _ = token_image
     with client(registry_token.host, credentials=registry_token.credentials) as c:
         c.get_manifest("keel/tok", "1")
-        c._tokens = {k: "bogus.token.value" for k in c._tokens}     # as if it expired
+        # as if the registry revoked it: a 401 with the cached token gets a new one
+        c._tokens = {k: ("bogus.token.value", exp) for k, (_, exp) in c._tokens.items()}
         data, *_ = c.get_manifest("keel/tok", "1")
     assert data == token_image[1]["manifest"]
 
@@ -129,7 +130,7 @@ def test_cross_repository_mount_with_a_token(registry_token, token_image, store)
     n = len(ts.requests)
     t = RecordingTransport()
     dest = reference.parse(f"{registry_token.host}/keel/tok-mounted:1")
-    with client(registry_token.host, credentials=registry_token.credentials, transport=t) as c:
+    with client(registry_token.host, credentials=registry_token.credentials, on_request=t) as c:
         c.push(store, img, dest)
     mounts = [r for r in t.methods("POST", "/blobs/uploads/") if r[2].get("from") == "keel/tok"]
     assert {r[2]["mount"] for r in mounts} == set(image["blobs"])     # config + 3 layers
@@ -187,13 +188,13 @@ def test_login_keeps_other_entries_and_logout(tmp_path):
     with open(authfile, "w") as f:
         json.dump({"auths": {"quay.io": {"auth": base64.b64encode(b"q:p").decode()},
                              "https://index.docker.io/v1/": {"auth": base64.b64encode(b"d:h").decode()}},
-                   "credHelpers": {"gcr.io": "gcloud"}}, f)
+                   "credHelpers": {"gcr.io": "keel-test-absent"}}, f)
     auth.set_credentials("localhost:5000", "u", "p:with:colons", authfile)
     assert auth.get_credentials("localhost:5000", authfile) == ("u", "p:with:colons")
     assert auth.get_credentials("docker.io", authfile) == ("d", "h")
     assert auth.get_credentials("quay.io", authfile) == ("q", "p")
     assert auth.get_credentials("example.com", authfile) is None
-    assert json.load(open(authfile))["credHelpers"] == {"gcr.io": "gcloud"}
+    assert json.load(open(authfile))["credHelpers"] == {"gcr.io": "keel-test-absent"}
     assert auth.logout("docker.io", authfile) == ["https://index.docker.io/v1/"]
     assert auth.get_credentials("docker.io", authfile) is None
     with pytest.raises(RegistryError, match="^not logged in to docker.io"):

@@ -8,25 +8,14 @@ import time
 
 import pytest
 
-from keel.image import reference
 from keel.image.errors import DigestMismatch, RegistryError
 from keel.image.progress import PlainProgress, QuietProgress, RichProgress, make_progress
-from keel.image.registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryClient,
+from keel.image.registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
                                  parse_platform, parse_www_authenticate, select_platform)
 from keel.image.store import Store
 
-from registry_fixtures import (RecordingTransport, lying_registry, make_image, make_index,  # noqa: F401
-                               registry, sha256, skopeo, skopeo_push, skopeo_raw, store_image)
-
-
-def client(host, **kw):
-    kw.setdefault("credentials", False)
-    kw.setdefault("backoff", 0.01)
-    return RegistryClient(host, insecure=True, **kw)
-
-
-def ref(s):
-    return reference.parse(s)
+from registry_fixtures import (RecordingTransport, client, lying_registry, make_image, make_index,  # noqa: F401
+                               ref, registry, sha256, skopeo, skopeo_push, skopeo_raw, store_image)
 
 
 def assert_clean(store, *digests):
@@ -66,7 +55,7 @@ def test_pull_oci_image_pushed_by_skopeo(registry, busybox_ref, store):
 
 def test_pull_again_skips_blobs_already_stored(registry, busybox_ref, store):
     t = RecordingTransport()
-    with client(registry.host, transport=t) as c:
+    with client(registry.host, on_request=t) as c:
         c.pull(store, ref(busybox_ref))
         n = len(t.methods("GET", "/blobs/"))
         assert n == 2
@@ -155,7 +144,7 @@ def test_push_reads_back_byte_identical_with_skopeo(registry, store, tmp_path):
     img = store_image(store, image, names=["localhost/keel/local:1"])
     dest = f"{registry.host}/keel/pushed:1"
     t = RecordingTransport()
-    with client(registry.host, transport=t) as c:
+    with client(registry.host, on_request=t) as c:
         d = c.push(store, img, ref(dest))
     assert d == image["manifest_digest"]
     assert skopeo_raw(dest) == image["manifest"]
@@ -198,7 +187,7 @@ def test_push_chunked_upload(registry, busybox_ref, store, tmp_path):
     assert layer.size > 3 * 65536
     t = RecordingTransport()
     dest = f"{registry.host}/keel/chunked:1"
-    with client(registry.host, transport=t, chunk_size=65536) as c:
+    with client(registry.host, on_request=t, chunk_size=65536) as c:
         c.push(store, img, ref(dest), mount=False)
     patches = t.methods("PATCH", "/blobs/uploads/")
     ranges = [p[3]["content-range"] for p in patches]
@@ -218,7 +207,7 @@ def test_push_again_only_heads(registry, store):
         c.push(store, img, dest)
     t = RecordingTransport()
     out = io.StringIO()
-    with client(registry.host, transport=t) as c:
+    with client(registry.host, on_request=t) as c:
         c.push(store, img, dest.with_tag("2"), progress=PlainProgress(out))
     assert t.methods("POST") == [] and t.methods("PATCH") == []
     assert len(t.methods("HEAD")) == 2
@@ -236,7 +225,7 @@ def test_push_mounts_from_another_repository(registry, store):
     img = store.get(img.id)
     t = RecordingTransport()
     out = io.StringIO()
-    with client(registry.host, transport=t) as c:
+    with client(registry.host, on_request=t) as c:
         c.push(store, img, ref(f"{registry.host}/keel/mount-dst:1"), progress=PlainProgress(out))
     posts = t.methods("POST", "/keel/mount-dst/blobs/uploads/")
     assert len(posts) == 2

@@ -211,14 +211,15 @@ def test_prepare_writable_snapshot_and_remove(store, snap, tmp_path):
 def test_mount_image_read_only_single_layer_and_empty(store, snap, tmp_path):
     one = add_image(store, [make_tar(BASE)], "localhost/one:1")
     merged = snap.mount_image(one, store)
-    assert snap.mount_image(one, store) == merged  # idempotent
+    assert snap.mount_image(one, store) == merged  # the same path, counted twice
     assert open(os.path.join(merged, "etc/os")).read() == "base\n"
     with pytest.raises(OSError):
         open(os.path.join(merged, "new"), "w")
     assert snap.image_mount_path(one) == merged
-    snap.unmount_image(one)
+    assert snap.unmount_image(one) == 1 and snap.unmount_image(one) == 0
     assert not mounts_under(tmp_path) and snap.image_mount_path(one) is None
-    snap.unmount_image(one)  # nothing mounted: a no-op
+    with pytest.raises(ImageError, match="is not mounted"):
+        snap.unmount_image(one)
     empty = add_image(store, [], "localhost/empty:1")
     merged = snap.mount_image(empty, store)
     assert os.listdir(merged) == []

@@ -39,7 +39,9 @@ def register(sub, group=False):
     p = add("pull", cmd_pull, "pull an image from a registry")
     p.add_argument("name")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
-    p.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] (default %(default)s)")
+    p.add_argument("--platform", default=None,
+                   help="os/arch[/variant]; the image must be for it (default: this host's, "
+                        "with a warning for an image of another platform)")
     _tls(p)
 
     p = add("push", cmd_push, "push an image to a registry")
@@ -86,10 +88,16 @@ def register(sub, group=False):
     if p is not None:
         p.add_argument("-a", "--all", action="store_true", help="also images with names")
         p.add_argument("-f", "--force", action="store_true", help="do not ask (keel never asks)")
-        p = add("mount", cmd_mount, "mount an image's rootfs read-only and print its path")
-        p.add_argument("image")
-        p = add("unmount", cmd_unmount, "unmount an image's rootfs", aliases=("umount",))
-        p.add_argument("image")
+        p = add("mount", cmd_mount, "mount images' rootfs read-only and print the paths "
+                "(counted: each mount needs an unmount); no image: list the mounted ones")
+        p.add_argument("images", nargs="*", metavar="IMAGE")
+        p.add_argument("--format", default="table", help="json or table (the listing)")
+        p = add("unmount", cmd_unmount, "take one mount of an image away; unmounted at zero",
+                aliases=("umount",))
+        p.add_argument("images", nargs="*", metavar="IMAGE")
+        p.add_argument("-a", "--all", action="store_true", help="unmount every mounted image")
+        p.add_argument("-f", "--force", action="store_true",
+                       help="unmount even when other mounts of the image are counted")
 
     if not group:
         p = add("login", cmd_login, "log in to a registry")
@@ -292,7 +300,7 @@ def cmd_rmi(args):
             if _image_in_use(args, img):
                 if not args.force:
                     raise ImageError(f"image {name} is in use (mounted): unmount it first, or --force")
-                _snapshotter(args).unmount_image(img)
+                _snapshotter(args).unmount_image(img, force=True)
             res = store.remove(name, force=args.force)
         except ImageError as e:
             sys.stderr.write(f"Error: {e}\n")
@@ -433,15 +441,66 @@ def cmd_prune(args):
 
 def cmd_mount(args):
     store = _store(args)
-    img = store.get(args.image)
-    print(_snapshotter(args).mount_image(img, store))
+    snap = _snapshotter(args)
+    if not args.images:
+        return _list_mounts(args, store, snap)
+    imgs = [store.get(name) for name in args.images]    # every name checked before mounting
+    for img in imgs:
+        print(snap.mount_image(img, store))
+
+
+def _list_mounts(args, store, snap):
+    from keel.image.errors import ImageNotFound
+
+    rows = []
+    for image_id, path, count in snap.mounted_images():
+        try:
+            names = store.get(image_id).names
+        except ImageNotFound:                           # removed with rmi --force meanwhile
+            names = []
+        rows.append({"id": image_id.partition(":")[2], "names": names, "mountpoint": path,
+                     "count": count})
+    if args.format == "json":
+        print(json.dumps([{"Id": r["id"], "Names": r["names"], "Repositories": r["names"],
+                           "Mountpoint": r["mountpoint"], "MountCount": r["count"]} for r in rows],
+                         indent=4))
+    elif args.format == "table":
+        for r in rows:
+            print(f"{(r['names'] or [r['id'][:12]])[0]} {r['mountpoint']}")
+    else:
+        raise ImageError(f"--format: unknown format {args.format!r} (json or table)")
 
 
 def cmd_unmount(args):
     store = _store(args)
-    img = store.get(args.image)
-    _snapshotter(args).unmount_image(img)
-    print(img.id.partition(":")[2])
+    snap = _snapshotter(args)
+    if args.all:
+        if args.images:
+            raise ImageError("unmount: --all and image names cannot be used together")
+        for image_id, _, _ in snap.mounted_images():
+            snap.unmount_image(_ById(image_id), force=True)
+            print(image_id.partition(":")[2])
+        return 0
+    if not args.images:
+        raise ImageError("unmount: name an image, or --all")
+    failed = False
+    for name in args.images:
+        try:
+            img = store.get(name)
+            snap.unmount_image(img, force=args.force)
+        except ImageError as e:
+            sys.stderr.write(f"Error: {e}\n")
+            failed = True
+            continue
+        print(img.id.partition(":")[2])
+    return 125 if failed else 0
+
+
+class _ById:
+    """What unmount_image needs of an image whose record may be gone (rmi --force)."""
+
+    def __init__(self, image_id):
+        self.id = image_id
 
 
 def cmd_login(args):

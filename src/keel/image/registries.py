@@ -31,10 +31,8 @@ and /etc/docker/certs.d; see certs_dir_for().
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
-import tomllib
 
 from keel.image.errors import ImageError, ReferenceError_, RegistryError
 
@@ -51,43 +49,60 @@ class RegistriesConfError(ImageError):
     """A registries.conf that cannot be read (names the file and the field)."""
 
 
-@dataclasses.dataclass
-class Mirror:
-    location: str
-    insecure: bool = False
-    pull_from_mirror: str = "all"
+class _Record:
+    """Plain records compared by their fields (dataclasses would cost ~5 ms of imports on
+    every `keel pull`)."""
+    _fields: tuple = ()
+    __hash__ = None
+
+    def __eq__(self, other):
+        return type(other) is type(self) and all(getattr(self, f) == getattr(other, f)
+                                                 for f in self._fields)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(" + ", ".join(f"{f}={getattr(self, f)!r}"
+                                                     for f in self._fields) + ")"
 
 
-@dataclasses.dataclass
-class RegistryEntry:
-    prefix: str
-    location: str
-    insecure: bool = False
-    blocked: bool = False
-    mirror_by_digest_only: bool = False
-    mirrors: list[Mirror] = dataclasses.field(default_factory=list)
+class Mirror(_Record):
+    _fields = ("location", "insecure", "pull_from_mirror")
+
+    def __init__(self, location: str, insecure: bool = False, pull_from_mirror: str = "all"):
+        self.location, self.insecure, self.pull_from_mirror = location, insecure, pull_from_mirror
+
+
+class RegistryEntry(_Record):
+    _fields = ("prefix", "location", "insecure", "blocked", "mirror_by_digest_only", "mirrors")
+
+    def __init__(self, prefix: str, location: str, insecure: bool = False, blocked: bool = False,
+                 mirror_by_digest_only: bool = False, mirrors: list[Mirror] | None = None):
+        self.prefix, self.location, self.insecure, self.blocked = prefix, location, insecure, blocked
+        self.mirror_by_digest_only = mirror_by_digest_only
+        self.mirrors = list(mirrors or [])
 
     def matches(self, name: str) -> bool:
         """Whether `name` ("host[:port]/repo[:tag|@digest]") falls under this prefix."""
         return _prefix_len(self.prefix, name) >= 0
 
 
-@dataclasses.dataclass
-class Source:
+class Source(_Record):
     """One place to pull a reference from: the location or one of its mirrors."""
-    registry: str
-    repository: str
-    insecure: bool
-    mirror: bool = False
+    _fields = ("registry", "repository", "insecure", "mirror")
+
+    def __init__(self, registry: str, repository: str, insecure: bool, mirror: bool = False):
+        self.registry, self.repository, self.insecure, self.mirror = registry, repository, insecure, mirror
 
 
-@dataclasses.dataclass
-class RegistriesConf:
-    unqualified_search_registries: list[str] = dataclasses.field(default_factory=list)
-    registries: list[RegistryEntry] = dataclasses.field(default_factory=list)
-    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
-    short_name_mode: str = "permissive"   # when the files do not say
-    paths: list[str] = dataclasses.field(default_factory=list)   # the files read
+class RegistriesConf(_Record):
+    _fields = ("unqualified_search_registries", "registries", "aliases", "short_name_mode", "paths")
+
+    def __init__(self, unqualified_search_registries=None, registries=None, aliases=None,
+                 short_name_mode: str = "permissive", paths=None):
+        self.unqualified_search_registries: list[str] = list(unqualified_search_registries or [])
+        self.registries: list[RegistryEntry] = list(registries or [])
+        self.aliases: dict[str, str] = dict(aliases or {})
+        self.short_name_mode = short_name_mode      # when the files do not say
+        self.paths: list[str] = list(paths or [])   # the files read
 
     # -- lookups ---------------------------------------------------------------
     def find(self, name: str) -> RegistryEntry | None:
@@ -182,6 +197,10 @@ def loads(text: str, path: str = "<string>") -> RegistriesConf:
 
 
 def _parse_toml(text: str, path: str) -> dict:
+    if all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+        return {}                 # e.g. Debian's stock file, all comments: skip importing tomllib
+    import tomllib
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -15,11 +15,14 @@ with Content-Range, then PUT); the manifest is put with its own media type, byte
 as stored, so the pushed image has the digest it had here.
 
 Auth: anonymous, basic, and bearer tokens from the realm a 401's WWW-Authenticate names
-(fetched anonymously or with basic credentials, cached per scope, the request retried once).
+(fetched anonymously or with basic credentials; with an identity token, an OAuth2 refresh-token
+grant POSTed to the realm, as containers/image does), cached per scope until their expires_in
+runs out, the request retried once.
 
-Transport: https, verified against the system CAs plus `ca_dir/<host[:port]>/*.crt` (and a
-`*.cert`/`*.key` client pair there); `insecure=True` (a registry marked insecure, or
---tls-verify=false) tries https without verification and falls back to plain http.
+Transport: keel.image.transport (http.client, keep-alive per host). https, verified against
+the system CAs plus `ca_dir/<host[:port]>/*.crt` (and a `*.cert`/`*.key` client pair there);
+`insecure=True` (a registry marked insecure, or --tls-verify=false) tries https without
+verification and falls back to plain http.
 
 Every failure is a RegistryError (or DigestMismatch) of one lowercase line naming the
 registry, repository, tag or digest.
@@ -27,8 +30,6 @@ registry, repository, tag or digest.
 
 from __future__ import annotations
 
-import base64
-import concurrent.futures
 import contextlib
 import email.utils
 import glob
@@ -40,9 +41,8 @@ import threading
 import time
 import urllib.parse
 
-import httpx
-
 from keel.image import digest as _digest
+from keel.image import transport as _http
 from keel.image.errors import DigestMismatch, ImageError, RegistryError
 from keel.image.progress import Progress
 
@@ -56,6 +56,7 @@ MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 MAX_MANIFEST_BYTES = 4 << 20
+MAX_CONFIG_BYTES = 16 << 20
 MAX_ERROR_BODY = 64 << 10
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 DOCKER_HUB = "docker.io"
@@ -63,6 +64,9 @@ DOCKER_HUB_API = "registry-1.docker.io"
 DEFAULT_PARALLEL = 3
 DEFAULT_CHUNK = 1 << 20            # read/write granularity
 USER_AGENT = "keel/0.1.0"
+IDENTITY_TOKEN_USER = "<token>"    # = keel.image.auth.IDENTITY_TOKEN_USER (docker's marker)
+OAUTH_CLIENT_ID = "keel"
+DEFAULT_TOKEN_LIFETIME = 60        # seconds, when the token server does not say (distribution spec)
 
 _ARCH_ALIASES = {"x86_64": ("amd64", None), "x86-64": ("amd64", None), "aarch64": ("arm64", None),
                  "armhf": ("arm", "v7"), "armel": ("arm", "v6"), "i386": ("386", None),
@@ -152,6 +156,46 @@ def select_platform(manifests: list[dict], platform: str, what: str) -> dict:
                         + (", ".join(available) if available else "none"))
 
 
+def _json_object(data: bytes, what: str, kind: str) -> dict:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise RegistryError(f"{what}: invalid {kind}: not json") from None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{what}: invalid {kind}: not a json object")
+    return doc
+
+
+def host_platform() -> str:
+    """This machine's platform as "linux/amd64", "linux/arm64", "linux/arm/v7"."""
+    machine = os.uname().machine.lower()
+    if machine.startswith("armv") and machine[4:5].isdigit():
+        return f"linux/arm/v{machine[4]}"
+    arch, variant = _ARCH_ALIASES.get(machine, (machine, None))
+    return f"linux/{arch}" + (f"/{variant}" if variant else "")
+
+
+def platform_mismatch(config: bytes, platform: str, what: str) -> str | None:
+    """The platform an image config names when it is not `platform` ("linux/arm64"), else
+    None. A config naming no os/architecture matches anything; a variant is compared only
+    when both sides have one (arm64's v8 and arm's v7 assumed when unnamed)."""
+    doc = _json_object(config, what, "image config")
+    want_os, want_arch, want_variant = parse_platform(platform)
+    os_ = str(doc.get("os") or "").lower()
+    arch = str(doc.get("architecture") or "").lower()
+    variant = str(doc.get("variant") or "").lower() or None
+    if arch in _ARCH_ALIASES:
+        arch, v = _ARCH_ALIASES[arch]
+        variant = variant or v
+    have = _platform_str({"os": os_ or "?", "architecture": arch or "?", "variant": variant})
+    if (os_ and os_ != want_os) or (arch and arch != want_arch):
+        return have
+    have_variant = variant or _DEFAULT_VARIANT.get(arch)
+    if want_variant and have_variant and have_variant != want_variant:
+        return have
+    return None
+
+
 def _check_descriptor(d, where: str) -> dict:
     if not isinstance(d, dict):
         raise RegistryError(f"{where}: descriptor is not an object")
@@ -175,12 +219,7 @@ def parse_manifest(data: bytes, content_type: str | None, what: str) -> tuple[di
     if ct and ct not in MANIFEST_TYPES + INDEX_TYPES and ct not in ("application/json",
                                                                     "application/octet-stream"):
         raise RegistryError(f"{what}: unexpected content-type {ct!r} for a manifest")
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise RegistryError(f"{what}: invalid manifest: not json") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{what}: invalid manifest: not a json object")
+    doc = _json_object(data, what, "manifest")
     if doc.get("schemaVersion") == 1:
         raise RegistryError(f"{what}: docker schema1 manifests are not supported")
     if doc.get("schemaVersion") != 2:
@@ -225,8 +264,62 @@ def _retry_after(resp) -> float | None:
         return None
 
 
+def _unverified_context():
+    """TLS without certificate checks: a registry marked insecure, or --tls-verify=false."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class _Stopped(Exception):
     """Another download of the same pull failed: stop this one (keeping its partial)."""
+
+
+def _parallel(fn, items, workers: int, name: str, stop: threading.Event | None = None) -> None:
+    """fn(item) for each item on up to `workers` threads (plain threads: concurrent.futures
+    costs ~10 ms of imports per `keel pull`). The first error is re-raised once every thread
+    has ended; with `stop`, it is set on that error (and on ^C) so the others stop early."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    todo = items[::-1]
+    errors = []
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                item = todo.pop()
+            try:
+                fn(item)
+            except _Stopped:
+                pass
+            except BaseException as e:
+                with lock:
+                    errors.append(e)
+                if stop is not None:
+                    stop.set()
+
+    threads = [threading.Thread(target=work, name=f"{name}-{i}", daemon=True)
+               for i in range(min(workers, len(items)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:
+        if stop is not None:
+            stop.set()                     # the downloads keep their partials for a rerun
+        for t in threads:
+            t.join()
+        raise
+    if errors:
+        raise errors[0]
 
 
 # -- the client ------------------------------------------------------------------
@@ -234,16 +327,17 @@ class _Stopped(Exception):
 class RegistryClient:
     """One registry ("localhost:5000", "quay.io", "docker.io"), any of its repositories.
 
-    credentials: (user, password); None looks them up in `authfile` (auth.get_credentials,
+    credentials: (user, password), or (IDENTITY_TOKEN_USER, refresh token); None looks them up in `authfile` (auth.get_credentials,
     podman's default file when None); False means anonymous without lookup.
-    transport: an httpx transport (httpx.MockTransport in unit tests).
+    on_request: called as on_request(method, url, headers) before each request (tests record
+    traffic with it).
     retries: attempts after the first for 5xx/429/connection errors; backoff: first delay
     in seconds, doubled each time up to max_backoff (Retry-After wins, capped at max_retry_after).
     chunk_size: pushes of blobs larger than this are chunked (PATCH); None: always monolithic.
     """
 
     def __init__(self, registry: str, *, insecure: bool = False, ca_dir: str | None = None,
-                 credentials=None, retries: int = 4, transport=None, authfile: str | None = None,
+                 credentials=None, retries: int = 4, on_request=None, authfile: str | None = None,
                  timeout: float = 60.0, backoff: float = 0.5, max_backoff: float = 8.0,
                  max_retry_after: float = 60.0, chunk_size: int | None = 64 << 20):
         if not registry or "/" in registry:
@@ -261,16 +355,14 @@ class RegistryClient:
             credentials = auth.get_credentials(registry, authfile)
         self.credentials = tuple(credentials) if credentials else None
         self._scheme = None if insecure else "https"
-        self._tokens: dict[frozenset, str] = {}      # scope atoms -> bearer token
+        self._tokens: dict[frozenset, tuple] = {}    # scope atoms -> (bearer token, expiry)
         self._token_lock = threading.Lock()
+        self._bearer = None                            # (realm, service) of the last challenge
         self._basic = False
         self._lock = threading.Lock()
-        verify = False if insecure else self._ssl_context(ca_dir)
-        self._client = httpx.Client(transport=transport, verify=verify,
-                                    timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-                                    follow_redirects=True, headers={"User-Agent": USER_AGENT},
-                                    limits=httpx.Limits(max_connections=32,
-                                                        max_keepalive_connections=16))
+        verify = _unverified_context() if insecure else self._ssl_context(ca_dir)
+        self._client = _http.Session(verify, timeout=timeout, connect_timeout=min(timeout, 15.0),
+                                     headers={"User-Agent": USER_AGENT}, on_request=on_request)
 
     # -- setup ------------------------------------------------------------------
     def _ssl_context(self, ca_dir):
@@ -308,10 +400,10 @@ class RegistryClient:
     def _probe_scheme(self) -> str:
         """For an insecure registry: https (unverified) if it speaks TLS, else http."""
         try:
-            r = self._client.get(f"https://{self.host}/v2/", timeout=5.0)
+            r = self._client.request("GET", f"https://{self.host}/v2/", timeout=5.0)
             r.close()
             return "https"
-        except httpx.TransportError:
+        except _http.TransportError:
             return "http"
 
     # -- auth -------------------------------------------------------------------
@@ -330,21 +422,38 @@ class RegistryClient:
             out.update(f"{head}:{a}" for a in actions.split(",") if a)
         return frozenset(out)
 
-    def _cached_token(self, atoms: frozenset) -> str | None:
-        tok = self._tokens.get(atoms)
-        if tok is None:
-            for have, t in list(self._tokens.items()):
-                if atoms <= have:
-                    return t
-        return tok
+    @property
+    def _identity_token(self) -> str | None:
+        if self.credentials and self.credentials[0] == IDENTITY_TOKEN_USER:
+            return self.credentials[1]
+        return None
 
-    def _auth_header(self, scope: str | None) -> str | None:
-        tok = self._cached_token(self._atoms(scope))
+    def _cached_token(self, atoms: frozenset) -> str | None:
+        """A token for at least these scope atoms that has not expired."""
+        now = time.monotonic()
+        hit = self._tokens.get(atoms)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        for have, (tok, expires) in list(self._tokens.items()):
+            if atoms <= have and expires > now:
+                return tok
+        return None
+
+    def _auth_header(self, scope: str | None, what: str) -> str | None:
+        atoms = self._atoms(scope)
+        tok = self._cached_token(atoms)
+        if tok is None and self._bearer is not None and atoms:
+            # the registry asked for bearer tokens before: get this scope's (or a fresh one
+            # for an expired token) now rather than after one more 401
+            with self._token_lock:
+                tok = self._cached_token(atoms)
+                if tok is None:
+                    tok = self._new_token(atoms, *self._bearer, scope.split(), what)
         if tok:
             return f"Bearer {tok}"
-        if self._basic and self.credentials:
+        if self._basic and self.credentials and not self._identity_token:
             user, password = self.credentials
-            return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            return _http.basic_auth(user, password)
         return None
 
     def _authenticate(self, header: str | None, scope: str | None, what: str,
@@ -363,28 +472,46 @@ class RegistryClient:
                     cur = self._cached_token(atoms)
                     if cur and f"Bearer {cur}" != sent:
                         return True
-                    token = self._fetch_token(params["realm"], params.get("service"), scopes, what)
-                    self._tokens[atoms] = token
+                    self._new_token(atoms, params["realm"], params.get("service"), scopes, what)
+                    self._bearer = (params["realm"], params.get("service"))
                 return True
             if scheme == "basic":
-                if not self.credentials:
+                if not self.credentials or self._identity_token:
                     return False
                 self._basic = True
                 return True
         return False
 
-    def _fetch_token(self, realm: str, service: str | None, scopes: list[str], what: str) -> str:
-        url = httpx.URL(realm)
-        if url.scheme not in ("http", "https"):
+    def _new_token(self, atoms, realm, service, scopes, what) -> str:
+        token, lifetime = self._fetch_token(realm, service, scopes, what)
+        self._tokens[atoms] = (token, time.monotonic() + lifetime)
+        return token
+
+    def _fetch_token(self, realm: str, service: str | None, scopes: list[str],
+                     what: str) -> tuple[str, float]:
+        """(token, lifetime in seconds) from the realm: GET with basic credentials (or
+        none), or with an identity token the OAuth2 refresh-token grant (POST)."""
+        if urllib.parse.urlsplit(realm).scheme not in ("http", "https"):
             raise RegistryError(f"{what}: token realm {realm!r} is not an http(s) url")
-        params = [("service", service)] if service else []
-        params += [("scope", s) for s in scopes]
-        auth = httpx.BasicAuth(*self.credentials) if self.credentials else None
+        identity = self._identity_token
+        if identity:
+            method, params = "POST", None
+            form = [("grant_type", "refresh_token"), ("refresh_token", identity),
+                    ("client_id", OAUTH_CLIENT_ID)]
+            form += [("service", service)] if service else []
+            form += [("scope", " ".join(scopes))] if scopes else []
+            body = urllib.parse.urlencode(form).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        else:
+            method, body = "GET", None
+            params = [("service", service)] if service else []
+            params += [("scope", s) for s in scopes]
+            headers = {"Authorization": _http.basic_auth(*self.credentials)} if self.credentials else {}
         attempt = 0
         while True:
             try:
-                resp = self._client.get(url, params=params, auth=auth)
-            except httpx.TransportError as e:
+                resp = self._client.request(method, realm, params=params, headers=headers, body=body)
+            except _http.TransportError as e:
                 if attempt < self.retries:
                     self._sleep(attempt, None)
                     attempt += 1
@@ -395,21 +522,30 @@ class RegistryClient:
                 attempt += 1
                 continue
             break
-        if resp.status_code in (401, 403):
-            raise RegistryError(f"unauthorized: {what}: token server {realm} refused "
-                                + ("the credentials" if self.credentials else "anonymous access"),
-                                status=resp.status_code)
-        if resp.status_code != 200:
-            raise RegistryError(f"{what}: token server {realm} answered http {resp.status_code}",
-                                status=resp.status_code)
         try:
-            body = resp.json()
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+            status = resp.status_code
+            refused = (401, 403) + ((400,) if identity else ())   # OAuth2: invalid_grant is a 400
+            if status in refused:
+                raise RegistryError(f"unauthorized: {what}: token server {realm} refused "
+                                    + ("the identity token" if identity else
+                                       "the credentials" if self.credentials else "anonymous access"),
+                                    status=401 if status == 400 else status)
+            if status != 200:
+                raise RegistryError(f"{what}: token server {realm} answered http {status}",
+                                    status=status)
+            try:
+                doc = resp.json()
+                token = doc.get("token") or doc.get("access_token")
+                lifetime = doc.get("expires_in", DEFAULT_TOKEN_LIFETIME)
+            except (ValueError, AttributeError):
+                token, lifetime = None, None
+        finally:
+            resp.close()
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{what}: token server {realm} sent no token")
-        return token
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
+            lifetime = DEFAULT_TOKEN_LIFETIME
+        return token, float(lifetime)
 
     def check_login(self) -> None:
         """GET /v2/ with the credentials (basic or via the token realm); RegistryError if refused."""
@@ -433,7 +569,7 @@ class RegistryClient:
             else base + path_or_url
 
     def _request(self, method: str, path: str, *, what: str, kind: str = "", scope: str | None = None,
-                 headers: dict | None = None, body=None, params=None, stream: bool = False,
+                 headers: dict | None = None, body=None, params=None,
                  ok=(200,), allow=(), retries: int | None = None):
         """Send with auth and retries; returns a response whose status is in ok+allow
         (the caller closes it), or raises RegistryError for anything else."""
@@ -443,14 +579,13 @@ class RegistryClient:
         authed = False
         while True:
             h = dict(headers or {})
-            a = self._auth_header(scope)
+            a = self._auth_header(scope, what)
             if a:
                 h["Authorization"] = a
             content = body() if callable(body) else body
             try:
-                req = self._client.build_request(method, url, headers=h, content=content, params=params)
-                resp = self._client.send(req, stream=stream)
-            except httpx.TransportError as e:
+                resp = self._client.request(method, url, headers=h, body=content, params=params)
+            except _http.TransportError as e:
                 if attempt < retries:
                     self._sleep(attempt, None)
                     attempt += 1
@@ -479,9 +614,9 @@ class RegistryClient:
 
     def _transport_message(self, e: Exception) -> str:
         text = _one_line(str(e)) or type(e).__name__
-        if isinstance(e, httpx.ConnectError):
+        if isinstance(e, _http.ConnectError):
             return f"cannot connect to {self.registry}: {text}"
-        if isinstance(e, httpx.TimeoutException):
+        if isinstance(e, _http.Timeout):
             return f"timed out talking to {self.registry}"
         return f"connection to {self.registry} failed: {text}"
 
@@ -490,12 +625,7 @@ class RegistryClient:
         detail = ""
         code = ""
         try:
-            raw = b""
-            for chunk in resp.iter_raw():
-                raw += chunk
-                if len(raw) > MAX_ERROR_BODY:
-                    break
-            doc = json.loads(raw)
+            doc = json.loads(resp.read(MAX_ERROR_BODY))
             e0 = (doc.get("errors") or [{}])[0]
             code = str(e0.get("code", "")).upper()
             detail = _one_line(e0.get("message", ""), 120)
@@ -540,7 +670,7 @@ class RegistryClient:
             expected = reference
         what = self._name(repository, reference)
         resp = self._request("GET", f"/v2/{repository}/manifests/{reference}", what=what,
-                             kind="manifest", scope=self.scope(repository), stream=True,
+                             kind="manifest", scope=self.scope(repository),
                              headers={"Accept": accept})
         try:
             cl = resp.headers.get("Content-Length")
@@ -553,7 +683,7 @@ class RegistryClient:
                     data += chunk
                     if len(data) > MAX_MANIFEST_BYTES:
                         raise RegistryError(f"{what}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
-            except httpx.TransportError as e:
+            except _http.TransportError as e:
                 raise RegistryError(f"{what}: {self._transport_message(e)}") from None
             content_type = resp.headers.get("Content-Type")
             header_digest = resp.headers.get("Docker-Content-Digest")
@@ -645,7 +775,7 @@ class RegistryClient:
                     if offset:
                         headers["Range"] = f"bytes={offset}-"
                     resp = self._request("GET", f"/v2/{repository}/blobs/{d}", what=what, kind="blob",
-                                         scope=self.scope(repository), headers=headers, stream=True,
+                                         scope=self.scope(repository), headers=headers,
                                          ok=(200, 206), allow=(416,))
                     before = pos
                     error = None
@@ -664,7 +794,7 @@ class RegistryClient:
                             skip = offset - start
                         elif offset:
                             skip = offset          # the registry ignored Range: skip what we have
-                        for chunk in resp.iter_bytes():
+                        for chunk in resp.iter_bytes(DEFAULT_CHUNK):
                             if stop is not None and stop.is_set():
                                 raise _Stopped()
                             if skip:
@@ -677,7 +807,7 @@ class RegistryClient:
                             progress.advance(key, len(chunk))
                         if size is None:
                             break
-                    except httpx.TransportError as e:
+                    except _http.TransportError as e:
                         error = e
                     finally:
                         resp.close()
@@ -695,17 +825,25 @@ class RegistryClient:
                     ing.abort()                    # nothing worth keeping for a resume
                 raise
             try:
-                ing.commit()
+                ing.commit(sync_dir=False)         # pull() syncs the blob dirs once
             except DigestMismatch as e:
                 e._resumed = resumed
                 raise
 
-    def pull(self, store, ref, platform: str = "linux/amd64", progress: Progress | None = None,
+    def pull(self, store, ref, platform: str | None = None, progress: Progress | None = None,
              parallel: int = DEFAULT_PARALLEL, names=None):
         """Pull `ref` (a Reference; its repository is read from this client's registry)
         into `store`; returns the Image. names: the names to record (default: the
-        reference itself when it has a tag)."""
+        reference itself when it has a tag).
+
+        platform: picks the entry of an index; and the image's config must name it (os,
+        architecture, variant when both say one), else RegistryError before any layer is
+        fetched. None: this host's platform, and a single image for another platform is
+        pulled with a warning (podman's and docker's behaviour without --platform)."""
         progress = progress or Progress()
+        strict = platform is not None
+        platform = platform or host_platform()
+        parse_platform(platform)                   # a bad --platform fails before any request
         repo = ref.repository
         reference = ref.digest or ref.tag or "latest"
         what = self._name(repo, reference)
@@ -716,54 +854,83 @@ class RegistryClient:
             if media_type not in MANIFEST_TYPES:
                 raise RegistryError(f"{what}: platform {platform} entry {desc['digest']} is a "
                                     f"{media_type}, not an image manifest")
-        descs, seen = [], set()
-        for dsc in [doc["config"]] + list(doc["layers"]):
+        cdesc = doc["config"]
+        descs, seen = [], {cdesc["digest"]}
+        for dsc in doc["layers"]:
             if dsc["digest"] not in seen:
                 seen.add(dsc["digest"])
                 descs.append(dsc)
         if names is None:
             names = [str(ref)] if ref.tag else []
         progress.message(f"Pulling {what}")
+        config = self._get_config(store, repo, cdesc, progress)
+        other = platform_mismatch(config, platform, f"{what}: config {cdesc['digest']}")
+        if other and strict:
+            raise RegistryError(f"{what}: image platform {other} does not match the requested "
+                                f"platform {platform}")
+        if other:
+            progress.message(f"WARNING: image platform ({other}) does not match the expected "
+                             f"platform ({platform})")
         lease = getattr(store, "lease", None)
         with (lease() if callable(lease) else contextlib.nullcontext()):
-            self._fetch_all(store, repo, descs, progress, parallel, config=doc["config"]["digest"])
+            if not store.has_blob(cdesc["digest"]):
+                store.write_blob(config, expected=cdesc["digest"], sync_dir=False)
+            self._fetch_all(store, repo, descs, progress, parallel)
             if not store.has_blob(mdigest):
-                store.write_blob(data, expected=mdigest)
+                store.write_blob(data, expected=mdigest, sync_dir=False)
+            store.sync_blob_dirs()
             progress.message(f"Writing manifest {mdigest}")
             return store.add_image(mdigest, names=list(names))
 
-    def _fetch_all(self, store, repo, descs, progress, parallel, config=None):
-        stop = threading.Event()
-
-        def kind(dsc):
-            return "config" if dsc["digest"] == config else "blob"
-
-        if parallel <= 1 or len(descs) <= 1:
-            for dsc in descs:
-                self.fetch_blob(store, repo, dsc, progress, stop, kind(dsc))
-            return
-        errors = []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel,
-                                                   thread_name_prefix="keel-pull") as pool:
-            futures = [pool.submit(self.fetch_blob, store, repo, dsc, progress, stop, kind(dsc))
-                       for dsc in descs]
-            for f in concurrent.futures.as_completed(futures):
+    def _get_config(self, store, repo: str, desc: dict, progress: Progress) -> bytes:
+        """The image config's bytes, verified, held in memory (from the store when it is
+        there): the platform is checked before anything is written."""
+        d, size = desc["digest"], desc["size"]
+        key, label = f"config:{d}", f"Copying config {d.split(':', 1)[1][:12]}"
+        progress.add(key, size, label)
+        if store.has_blob(d):
+            progress.finish(key, "skipped: already exists")
+            return store.read_blob(d)
+        what = f"{self._name(repo)}@{d}"
+        if size > MAX_CONFIG_BYTES:
+            progress.finish(key, "failed")
+            raise RegistryError(f"{what}: config of {size} bytes is larger than {MAX_CONFIG_BYTES}")
+        attempt = 0
+        try:
+            while True:
+                resp = self._request("GET", f"/v2/{repo}/blobs/{d}", what=what, kind="blob",
+                                     scope=self.scope(repo), headers={"Accept-Encoding": "identity"})
                 try:
-                    f.result()
-                except _Stopped:
-                    pass
-                except BaseException as e:
-                    stop.set()
-                    errors.append(e)
-        if errors:
-            raise errors[0]
+                    data = resp.read(size)
+                    break
+                except _http.TransportError as e:
+                    if attempt >= self.retries:
+                        raise RegistryError(f"{what}: {self._transport_message(e)}") from None
+                finally:
+                    resp.close()
+                self._sleep(attempt, None)
+                attempt += 1
+            v = _digest.Verifier(d, size)
+            v.update(data)
+            try:
+                v.check()
+            except DigestMismatch as e:
+                raise DigestMismatch(f"{self._name(repo)}: {e}") from None
+        except BaseException:
+            progress.finish(key, "failed")
+            raise
+        progress.advance(key, size)
+        progress.finish(key, "done")
+        return data
+
+    def _fetch_all(self, store, repo, descs, progress, parallel):
+        stop = threading.Event()
+        _parallel(lambda dsc: self.fetch_blob(store, repo, dsc, progress, stop),
+                   descs, parallel, "keel-pull", stop)
 
     # -- writing ----------------------------------------------------------------
     def _upload_url(self, location: str, params: dict | None = None) -> str:
-        url = httpx.URL(self._url(location))
-        if params:
-            url = url.copy_merge_params(params)
-        return str(url)
+        return _http.with_params(self._url(location), params)
 
     def mount_blob(self, repository: str, d: str, from_repository: str) -> str | None:
         """Cross-repository mount. None when mounted, else the upload location the
@@ -931,14 +1098,7 @@ class RegistryClient:
             return self.push_blob(store, ref.repository, dsc, progress, mount_from=srcs, kind=kind)
 
         progress.message(f"Pushing {what}")
-        if parallel <= 1:
-            for dsc in descs:
-                one(dsc)
-        else:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=parallel,
-                                                       thread_name_prefix="keel-push") as pool:
-                for f in [pool.submit(one, dsc) for dsc in descs]:
-                    f.result()
+        _parallel(one, descs, parallel, "keel-push")
         progress.message(f"Writing manifest {image.manifest_digest}")
         got = self.put_manifest(ref.repository, ref.tag or ref.digest or "latest", data, media_type)
         if got != image.manifest_digest and image.manifest_digest.startswith("sha256:"):
@@ -948,14 +1108,16 @@ class RegistryClient:
 
 # -- the whole pull and push, with registries.conf ----------------------------------
 
-def pull_image(store, name: str, *, platform: str = "linux/amd64", progress: Progress | None = None,
+def pull_image(store, name: str, *, platform: str | None = None, progress: Progress | None = None,
                parallel: int = DEFAULT_PARALLEL, tls_verify: bool = True, authfile: str | None = None,
-               credentials=None, conf=None, certs_dirs=None, transport=None, **client_kw):
+               credentials=None, conf=None, certs_dirs=None, on_request=None, **client_kw):
     """`keel pull NAME`: resolve NAME with registries.conf (aliases, search registries),
     try each candidate at its mirrors and then its location; returns the Image.
     The recorded name is the candidate's, whichever mirror served it."""
     from keel.image import registries as _registries
 
+    if platform is not None:
+        parse_platform(platform)
     conf = conf if conf is not None else _registries.load()
     candidates = conf.resolve(name)
     errors = []
@@ -965,7 +1127,7 @@ def pull_image(store, name: str, *, platform: str = "linux/amd64", progress: Pro
             src_ref = _retarget(ref, src.registry, src.repository)
             try:
                 with _client_for(src.registry, src.insecure or not tls_verify, authfile, credentials,
-                                 certs_dirs, transport, client_kw) as client:
+                                 certs_dirs, on_request, client_kw) as client:
                     return client.pull(store, src_ref, platform=platform, progress=progress,
                                        parallel=parallel,
                                        names=[str(ref)] if ref.tag else [])
@@ -983,7 +1145,7 @@ def pull_image(store, name: str, *, platform: str = "linux/amd64", progress: Pro
 
 def push_image(store, image, dest: str, *, progress: Progress | None = None,
                parallel: int = DEFAULT_PARALLEL, tls_verify: bool = True, authfile: str | None = None,
-               credentials=None, conf=None, certs_dirs=None, transport=None, **client_kw) -> str:
+               credentials=None, conf=None, certs_dirs=None, on_request=None, **client_kw) -> str:
     """`keel push IMAGE DEST`: returns the manifest digest."""
     from keel.image import reference, registries as _registries
 
@@ -993,7 +1155,7 @@ def push_image(store, image, dest: str, *, progress: Progress | None = None,
         raise RegistryError(f"registry blocked by registries.conf: {ref.name}")
     entry = conf.find(ref.name)
     insecure = (entry is not None and entry.insecure) or not tls_verify
-    with _client_for(ref.registry, insecure, authfile, credentials, certs_dirs, transport,
+    with _client_for(ref.registry, insecure, authfile, credentials, certs_dirs, on_request,
                      client_kw) as client:
         return client.push(store, image, ref, progress=progress, parallel=parallel)
 
@@ -1004,10 +1166,10 @@ def _retarget(ref, registry, repository):
     return Reference(registry, repository, ref.tag, ref.digest)
 
 
-def _client_for(registry, insecure, authfile, credentials, certs_dirs, transport, client_kw):
+def _client_for(registry, insecure, authfile, credentials, certs_dirs, on_request, client_kw):
     from keel.image import registries as _registries
 
     dirs = _registries.CERTS_DIRS if certs_dirs is None else certs_dirs
     ca_dir = _registries.certs_dir_for(registry, dirs)
     return RegistryClient(registry, insecure=insecure, ca_dir=ca_dir, credentials=credentials,
-                          authfile=authfile, transport=transport, **client_kw)
+                          authfile=authfile, on_request=on_request, **client_kw)

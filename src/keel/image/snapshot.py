@@ -17,6 +17,14 @@ A layer becomes visible only by rename(2) of a complete, synced temporary direct
 mid-unpack leaves only tmp/ debris (cleared by remove_unused) and a reader never sees half a
 layer. Two processes wanting the same chain serialise on its flock; the second finds it done.
 
+Image mounts are counted, as containers/storage counts them for `podman image mount`: each
+mount_image() adds one, each unmount_image() takes one away and the overlay is unmounted when
+the count reaches zero (force: at once). The count lives in mounts/<hex>/info.json with the
+kernel's boot id: the store outlives a reboot, its mounts do not, so a record from another boot,
+or one whose overlay is no longer mounted (a crash between record and mount, an umount behind
+keel's back), is stale: it counts as not mounted, holds no layers against remove_unused(), and
+is cleared by the next mount, unmount or remove_unused().
+
 The overlay mount option string is limited to a page: when the absolute lowerdir list does not
 fit, the mount is done from a child process whose cwd is `root`, with lowerdir=l/<link>:...
 (containers/storage's short links, containerd's chdir'ed mount), which fits well over 128 layers.
@@ -88,6 +96,15 @@ def _mountpoints():
 
 def is_mounted(path: str) -> bool:
     return os.path.realpath(path) in _mountpoints()
+
+
+def boot_id() -> str:
+    """This boot's id (changes at every reboot), "" when the kernel does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _write_json(path, data):
@@ -369,18 +386,23 @@ class Snapshotter:
 
     def mount_image(self, image, store) -> str:
         """The image's layers mounted read-only (nosuid, nodev) at root/mounts/<id>/merged;
-        mounting a mounted image returns the same path."""
+        mounting a mounted image returns the same path and adds one to its mount count."""
         with self._shared():
             chains = self._ensure(image, store)
             hexid = _hex(image.id)
             mdir = self._p("mounts", hexid)
             merged = os.path.join(mdir, "merged")
-            with _Flock(self._p("locks", "mount-" + hexid + ".lock")):
-                if os.path.isdir(merged) and is_mounted(merged):
+            with self._mount_lock(hexid):
+                info = self._live_mount(hexid)
+                if info is not None:
+                    info["count"] += 1
+                    _write_json(os.path.join(mdir, "info.json"), info)
                     return merged
+                self._clear_mount(hexid)
                 os.makedirs(merged, 0o755, exist_ok=True)
                 os.chmod(mdir, 0o711)
-                _write_json(os.path.join(mdir, "info.json"), {"image": image.id, "chains": chains})
+                _write_json(os.path.join(mdir, "info.json"),
+                            {"image": image.id, "chains": chains, "count": 1, "boot_id": boot_id()})
                 try:
                     self._mount_overlay(chains, merged, libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
                 except BaseException:
@@ -388,18 +410,62 @@ class Snapshotter:
                     raise
             return merged
 
-    def image_mount_path(self, image) -> str | None:
-        merged = self._p("mounts", _hex(image.id), "merged")
-        return merged if os.path.isdir(merged) and is_mounted(merged) else None
+    def _mount_lock(self, hexid):
+        return _Flock(self._p("locks", "mount-" + hexid + ".lock"))
 
-    def unmount_image(self, image) -> None:
-        hexid = _hex(image.id)
+    def _live_mount(self, hexid) -> dict | None:
+        """The record of the image's mount when it is live (this boot, overlay mounted)."""
         mdir = self._p("mounts", hexid)
-        with self._shared(), _Flock(self._p("locks", "mount-" + hexid + ".lock")):
-            if not os.path.isdir(mdir):
-                return
+        info = _read_json(os.path.join(mdir, "info.json"))
+        if (not isinstance(info, dict) or info.get("boot_id") != boot_id()
+                or not isinstance(info.get("count"), int) or info["count"] < 1
+                or not is_mounted(os.path.join(mdir, "merged"))):
+            return None
+        return info
+
+    def _clear_mount(self, hexid) -> None:
+        """Unmount (if mounted) and delete the image's mount dir."""
+        mdir = self._p("mounts", hexid)
+        if os.path.isdir(mdir):
             self._umount(os.path.join(mdir, "merged"))
             self._discard(mdir, "mount-" + hexid)
+
+    def image_mount_path(self, image) -> str | None:
+        """Where the image is mounted, or None (never mounted, unmounted, or stale)."""
+        info = self._live_mount(_hex(image.id))
+        return self._p("mounts", _hex(image.id), "merged") if info is not None else None
+
+    def image_mount_count(self, image) -> int:
+        info = self._live_mount(_hex(image.id))
+        return info["count"] if info is not None else 0
+
+    def mounted_images(self) -> list[tuple[str, str, int]]:
+        """(image id, merged path, mount count) of each live image mount."""
+        out = []
+        for hexid in sorted(os.listdir(self._p("mounts"))):
+            info = self._live_mount(hexid)
+            if info is not None:
+                out.append((info.get("image") or f"sha256:{hexid}",
+                            self._p("mounts", hexid, "merged"), info["count"]))
+        return out
+
+    def unmount_image(self, image, force: bool = False) -> int:
+        """Take one mount away (force: all of them); the overlay is unmounted when none is
+        left. Returns the mounts left. ImageError when the image is not mounted (a stale
+        record is cleared first)."""
+        hexid = _hex(image.id)
+        with self._shared(), self._mount_lock(hexid):
+            info = self._live_mount(hexid)
+            if info is None:
+                self._clear_mount(hexid)
+                raise ImageError(f"image {hexid[:12]} is not mounted")
+            left = 0 if force else info["count"] - 1
+            if left > 0:
+                info["count"] = left
+                _write_json(self._p("mounts", hexid, "info.json"), info)
+                return left
+            self._clear_mount(hexid)
+            return 0
 
     # -- garbage collection ------------------------------------------------------------------------------
 
@@ -410,11 +476,16 @@ class Snapshotter:
             keep = set()
             for img in store.images():
                 keep.update(_hex(c) for c in chain_ids([la.diff_id for la in img.layers]))
-            for kind in ("active", "mounts"):
-                for name in os.listdir(self._p(kind)):
-                    # info.json is written before the mount; without it nothing was mounted
-                    info = _read_json(self._p(kind, name, "info.json")) or {}
-                    keep.update(_hex(c) for c in info.get("chains", []))
+            for name in os.listdir(self._p("mounts")):
+                info = self._live_mount(name)
+                if info is None:               # stale: from another boot, or never mounted
+                    self._clear_mount(name)
+                    continue
+                keep.update(_hex(c) for c in info.get("chains", []))
+            for name in os.listdir(self._p("active")):
+                # info.json is written before the mount; without it nothing was mounted
+                info = _read_json(self._p("active", name, "info.json")) or {}
+                keep.update(_hex(c) for c in info.get("chains", []))
             removed = 0
             for name in os.listdir(self._p("layers")):
                 if name in keep:

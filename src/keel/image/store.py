@@ -378,8 +378,12 @@ class Ingest:
             self._discard()
             raise
 
-    def commit(self) -> str:
-        """Verify, fsync, and rename into root/blobs; returns the digest."""
+    def commit(self, sync_dir: bool = True) -> str:
+        """Verify, fsync, and rename into root/blobs; returns the digest.
+
+        sync_dir=False leaves the fsync of the blobs directory (which makes the rename
+        durable) to the caller: a pull of many blobs calls Store.sync_blob_dirs() once,
+        before add_image() records anything that refers to them."""
         self._check_open()
         if self.exists:
             self._done = True
@@ -391,7 +395,8 @@ class Ingest:
             os.fsync(self._fd)
             os.fchmod(self._fd, 0o444)
             os.rename(self.path, dest)
-            _fsync_dir(os.path.dirname(dest))
+            if sync_dir:
+                _fsync_dir(os.path.dirname(dest))
         except OSError as e:
             self._discard()
             raise _write_error(f"blob {self.expected}", dest, e) from None
@@ -599,7 +604,7 @@ class Store:
     def ingest(self, expected: str, size: int | None = None) -> Ingest:
         return Ingest(self, expected, size)
 
-    def write_blob(self, data: bytes, expected: str | None = None) -> str:
+    def write_blob(self, data: bytes, expected: str | None = None, sync_dir: bool = True) -> str:
         algorithm = _digest.parse(expected)[0] if expected else "sha256"
         d = _digest.of_bytes(data, algorithm)
         if expected and d != expected:
@@ -612,7 +617,16 @@ class Store:
             if ing.offset:
                 ing.reset()
             ing.write(data)
-            return ing.commit()
+            return ing.commit(sync_dir)
+
+    def sync_blob_dirs(self) -> None:
+        """fsync the blob directories: renames of commit(sync_dir=False) become durable."""
+        for alg in ("sha256", "sha512"):
+            path = os.path.join(self.root, "blobs", alg)
+            try:
+                _fsync_dir(path)
+            except OSError as e:
+                raise _write_error("blobs", path, e) from None
 
     def write_blob_from(self, fileobj, expected: str, size: int | None = None) -> str:
         """Stream a file object into the store under `expected` (verified)."""

@@ -22,9 +22,22 @@ the destination already held there is removed), `.wh..wh..opq` the xattr
 trusted.overlay.opaque="y" on its directory (and what the destination held there from before
 this layer is removed). Other `.wh..wh.` entries (AUFS metadata such as .wh..wh.plnk) are
 skipped. Directory mtimes are set last, after their children are written.
+
+Rootless (an unpacking user without CAP_CHOWN/CAP_MKNOD: the default when euid is not 0), the
+rules containers/storage follows in a user namespace: nothing is chowned (everything belongs to
+the unpacking user, who stands for the image's root); an entry owned by anyone but 0:0, or with
+setuid/setgid/sticky bits, has its owner and mode recorded as "uid:gid:0mode" in the xattr
+user.containers.override_stat (as containers/storage and fuse-overlayfs spell it; regular
+files and directories only: Linux allows user.* xattrs on nothing else, so a symlink's or
+fifo's owner is not kept); character and block devices are skipped (fifos
+and 0:0 whiteout devices are made: Linux allows both unprivileged); opaque directories get
+user.overlay.opaque (overlayfs' `userxattr` mount option reads user.overlay.*); trusted.* and
+security.* xattrs are skipped; directory modes are applied at the end, so a read-only directory
+of the layer does not stop its own entries from being written.
 """
 
 import base64
+import contextlib
 import errno
 import hashlib
 import os
@@ -41,6 +54,8 @@ WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
+OPAQUE_XATTR_ROOTLESS = "user.overlay.opaque"
+OVERRIDE_STAT_XATTR = "user.containers.override_stat"
 
 _RESOLVE = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
 _CHUNK = 1 << 20
@@ -50,13 +65,14 @@ _NOT_SUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 def apply_layer(fileobj_or_path, dest_dir: str, media_type: str | None = None, *,
-                parents: list[str] | tuple = ()) -> str:
+                parents: list[str] | tuple = (), rootless: bool | None = None) -> str:
     """Unpack one layer into `dest_dir` (which must exist; it may already hold earlier layers)
     and return its diff id, "sha256:<hex of the uncompressed tar>".
 
     `parents` are the directories of the layers below (top first), consulted only for the
     ownership, mode and times of directories the layer uses without listing them, so that an
-    implicit parent does not mask the lower one's attributes in an overlay.
+    implicit parent does not mask the lower one's attributes in an overlay. `rootless`: the
+    module doc's rules (default: when euid is not 0).
     UnpackError naming the entry (or the layer) for anything invalid."""
     own = isinstance(fileobj_or_path, (str, bytes, os.PathLike))
     if own:
@@ -68,7 +84,7 @@ def apply_layer(fileobj_or_path, dest_dir: str, media_type: str | None = None, *
         raw = fileobj_or_path
     try:
         stream = _open_stream(raw, media_type)
-        applier = _Applier(dest_dir, parents)
+        applier = _Applier(dest_dir, parents, os.geteuid() != 0 if rootless is None else rootless)
         try:
             applier.run(stream)
         finally:
@@ -316,13 +332,26 @@ def _xattrs(member):
     return out
 
 
+def _override_stat(fd, mode):
+    """(uid, gid, mode) recorded in user.containers.override_stat of an O_PATH fd, else
+    (0, 0, mode): a rootless layer's idea of who owns what it holds."""
+    try:
+        value = os.getxattr(f"/proc/self/fd/{fd}", OVERRIDE_STAT_XATTR).decode()
+        uid, gid, m = value.split(":")
+        return int(uid), int(gid), int(m, 8)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return 0, 0, mode
+
+
 # ---------------------------------------------------------------------------------------------
 # the applier
 
 
 class _Applier:
-    def __init__(self, dest, parents):
+    def __init__(self, dest, parents, rootless=False):
         self.dest = os.fspath(dest)
+        self.rootless = rootless
+        self.dir_modes = []  # rootless: (parts, mode) of directories, applied at the end
         try:
             self.root = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
@@ -420,7 +449,23 @@ class _Applier:
             self.created.add("/".join(parts))
 
     def finish(self):
-        """Directory times last: writing children changed them."""
+        """Directory times last: writing children changed them (rootless: modes too)."""
+        modes = {}
+        for parts, mode in self.dir_modes:                  # a directory listed twice: the last
+            modes[tuple(parts)] = mode
+        for parts, mode in sorted(modes.items(), key=lambda pm: -len(pm[0])):  # deepest first
+            self.op = "chmod"
+            try:
+                fd = libc.openat2(self.root, "/".join(parts) or ".",
+                                  os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, _RESOLVE)
+            except OSError:
+                continue  # replaced by a later entry
+            try:
+                os.fchmod(fd, mode)
+            except OSError as e:
+                raise UnpackError(f"entry {'/'.join(parts) or '.'}: chmod: {_why(e)}") from None
+            finally:
+                os.close(fd)
         for parts, atime, mtime in self.dirs:
             self.op = "set times"
             try:
@@ -443,7 +488,10 @@ class _Applier:
         if not self.saw_root and self.lowers and self.created is None:
             # No "./" entry: the root keeps the attributes of the layer below.
             st = os.fstat(self.lowers[0])
-            os.chown(self.root, st.st_uid, st.st_gid)
+            if self.rootless:
+                self._copy_override(self.lowers[0], self.root)
+            else:
+                os.chown(self.root, st.st_uid, st.st_gid)
             os.chmod(self.root, stat.S_IMODE(st.st_mode))
             os.utime(self.root, ns=(st.st_atime_ns, st.st_mtime_ns))
 
@@ -510,16 +558,21 @@ class _Applier:
                 continue
             try:
                 st = os.fstat(lfd)
+                if stat.S_ISDIR(st.st_mode):
+                    uid, gid, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+                    times = (st.st_atime_ns, st.st_mtime_ns)
+                    if self.rootless:       # on disk it is ours: the image's owner is recorded
+                        uid, gid, mode = _override_stat(lfd, mode)
             finally:
                 os.close(lfd)
-            if stat.S_ISDIR(st.st_mode):
-                uid, gid, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-                times = (st.st_atime_ns, st.st_mtime_ns)
             break  # the topmost lower that has the name decides (a file or whiteout hides it)
         dfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         try:
-            os.fchown(dfd, uid, gid)
-            os.fchmod(dfd, mode)
+            if self.rootless:
+                self._own_rootless(dfd, uid, gid, mode, list(parts))
+            else:
+                os.fchown(dfd, uid, gid)
+                os.fchmod(dfd, mode)
         finally:
             os.close(dfd)
         if times is not None:
@@ -544,6 +597,8 @@ class _Applier:
     # -- metadata -----------------------------------------------------------------------------
 
     def _set_xattr(self, target, name, value, m, follow):
+        if self.rootless and not name.startswith("user."):
+            return  # trusted.* and security.* need privileges a rootless unpack does not have
         try:
             os.setxattr(target, name, value, follow_symlinks=follow)
         except OSError as e:
@@ -553,20 +608,54 @@ class _Applier:
                 return  # the kernel allows user.* only on files and directories
             raise UnpackError(f"entry {m.name}: set xattr {name}: {_why(e)}") from None
 
-    def _meta_fd(self, fd, m):
+    def _meta_fd(self, fd, m, parts=None):
         """Owner, mode, xattrs of what `fd` (a regular file or directory) refers to, in that
-        order: chown clears setuid bits and security.capability."""
-        self.op = "chown"
-        os.fchown(fd, m.uid, m.gid)
-        self.op = "chmod"
-        os.fchmod(fd, m.mode & 0o7777)
+        order: chown clears setuid bits and security.capability. `parts`: a directory's path
+        (rootless: its mode waits for finish())."""
+        if self.rootless:
+            self._own_rootless(fd, m.uid, m.gid, m.mode & 0o7777, parts)
+        else:
+            self.op = "chown"
+            os.fchown(fd, m.uid, m.gid)
+            self.op = "chmod"
+            os.fchmod(fd, m.mode & 0o7777)
         for name, value in _xattrs(m):
             self._set_xattr(fd, name, value, m, True)
 
+    def _own_rootless(self, fd, uid, gid, mode, dir_parts):
+        """Rootless ownership: the owner (and any mode bits the kernel may drop) recorded in
+        user.containers.override_stat when they are not plain 0:0; directories get their mode
+        at the end (dir_parts not None)."""
+        self.op = "set override_stat"
+        if (uid, gid) != (0, 0) or mode & 0o7000:
+            try:
+                os.setxattr(fd, OVERRIDE_STAT_XATTR, f"{uid}:{gid}:0{mode:o}".encode())
+            except OSError as e:
+                if e.errno not in _NOT_SUPPORTED:
+                    raise
+        elif dir_parts is not None:             # a directory listed again: its old record goes
+            with contextlib.suppress(OSError):
+                os.removexattr(fd, OVERRIDE_STAT_XATTR)
+        self.op = "chmod"
+        if dir_parts is not None:
+            os.fchmod(fd, 0o700)
+            self.dir_modes.append((dir_parts, mode))
+        else:
+            os.fchmod(fd, mode)
+
+    def _copy_override(self, src_fd, dst_fd):
+        """Rootless: carry a lower's recorded owner over to what stands for it here."""
+        try:
+            value = os.getxattr(f"/proc/self/fd/{src_fd}", OVERRIDE_STAT_XATTR)
+        except OSError:
+            return
+        os.setxattr(dst_fd, OVERRIDE_STAT_XATTR, value)
+
     def _meta_at(self, pfd, base, m, chmod=True):
         """The same for a symlink, device or fifo, by name in its directory, not following."""
-        self.op = "chown"
-        os.chown(base, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+        if not self.rootless:   # rootless: a symlink's or fifo's owner is not kept (no user.*)
+            self.op = "chown"
+            os.chown(base, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
         if chmod:
             self.op = "chmod"
             os.chmod(base, m.mode & 0o7777, dir_fd=pfd, follow_symlinks=False)
@@ -585,7 +674,7 @@ class _Applier:
         if not m.isdir():
             raise UnpackError(f"entry {m.name}: the layer root must be a directory")
         self.saw_root = True
-        self._meta_fd(self.root, m)
+        self._meta_fd(self.root, m, [])
         self.dirs.append(([], *_times(m)))
 
     def _file(self, tf, pfd, parts, m):
@@ -619,7 +708,7 @@ class _Applier:
         self.op = "open"
         fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         try:
-            self._meta_fd(fd, m)
+            self._meta_fd(fd, m, list(parts))
         finally:
             os.close(fd)
         self.dirs.append((parts, *_times(m)))
@@ -634,6 +723,8 @@ class _Applier:
     def _node(self, tf, pfd, parts, m):
         base = parts[-1]
         self._clear(pfd, base, False)
+        if self.rootless and (m.ischr() or m.isblk()):
+            return  # no CAP_MKNOD: devices are skipped (containers/storage's rule in a userns)
         if m.ischr():
             kind, dev = stat.S_IFCHR, os.makedev(m.devmajor, m.devminor)
         elif m.isblk():
@@ -735,12 +826,14 @@ class _Applier:
                     os.symlink(os.readlink(name, dir_fd=lpfd), name, dir_fd=tfd)
                 else:
                     os.mknod(name, stat.S_IFMT(lst.st_mode) | 0o600, lst.st_rdev, dir_fd=tfd)
-                os.chown(name, lst.st_uid, lst.st_gid, dir_fd=tfd, follow_symlinks=False)
+                if not self.rootless:       # rootless: the recorded owner is copied as an xattr
+                    os.chown(name, lst.st_uid, lst.st_gid, dir_fd=tfd, follow_symlinks=False)
                 if not stat.S_ISLNK(lst.st_mode):
                     os.chmod(name, stat.S_IMODE(lst.st_mode), dir_fd=tfd, follow_symlinks=False)
                 lpath, tpath = f"/proc/self/fd/{lpfd}/{name}", f"/proc/self/fd/{tfd}/{name}"
                 for key in os.listxattr(lpath, follow_symlinks=False):
-                    if not key.startswith("trusted.overlay."):
+                    if not key.startswith("trusted.overlay.") and (
+                            not self.rootless or key.startswith("user.") and not key.startswith("user.overlay.")):
                         os.setxattr(tpath, key, os.getxattr(lpath, key, follow_symlinks=False),
                                     follow_symlinks=False)
                 os.utime(name, ns=(lst.st_atime_ns, lst.st_mtime_ns), dir_fd=tfd, follow_symlinks=False)
@@ -761,8 +854,9 @@ class _Applier:
             self._clear(pfd, name, False)
             self.op = "mknod whiteout"
             os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
-            self.op = "chown"
-            os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+            if not self.rootless:
+                self.op = "chown"
+                os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(pfd)
         if self.created is not None:
@@ -774,7 +868,7 @@ class _Applier:
             self.op = "set opaque xattr"
             lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
             try:
-                os.setxattr(lfd, OPAQUE_XATTR, b"y")
+                os.setxattr(lfd, OPAQUE_XATTR_ROOTLESS if self.rootless else OPAQUE_XATTR, b"y")
                 if self.created is None:
                     return
                 # What the destination held here before this layer is hidden: remove it.
