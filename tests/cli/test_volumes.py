@@ -47,6 +47,10 @@ def test_named_volume_copied_up_and_persists(keel):
                   IMAGE, "sh", "-c", "cat /c/note; touch /c/x || echo REFUSED")
     assert out == "kept\nREFUSED\n"
     assert keel.ok("volume", "ls", "-q").split() == ["conf", "empty"]
+    # a new volume where the image has nothing goes to the container's user (podman)
+    out = keel.ok("run", "--runtime", keel.runtime, "--rm", "-u", "1000:1000", "-v", "mine:/home/u", IMAGE,
+                  "sh", "-c", "echo ok > /home/u/f && stat -c %u:%g /home/u")
+    assert out == "1000:1000\n"
 
 
 def test_anonymous_volumes_and_rm_v(keel):

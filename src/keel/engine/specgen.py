@@ -541,7 +541,8 @@ def _apply(spec, run, vols, rootfs, network, made):
             if new:
                 made.append(m["name"])
             if rootfs and not m.get("nocopy"):
-                vols.copy_up(m["name"], rootfs, m["destination"])
+                user = proc.get("user") or {}
+                vols.copy_up(m["name"], rootfs, m["destination"], (user.get("uid", 0), user.get("gid", 0)))
             extra.append({"destination": m["destination"], "type": "bind",
                           "source": vols.data(m["name"]), "options": list(m["options"])})
 

@@ -170,9 +170,10 @@ class Volumes:
 
     # -- copy-up -------------------------------------------------------------------------------
 
-    def copy_up(self, name: str, rootfs: str, path: str) -> None:
+    def copy_up(self, name: str, rootfs: str, path: str, owner: tuple[int, int] = (0, 0)) -> None:
         """On a volume's first use, fill it with the image's content at `path` (resolved
-        inside `rootfs`) and give it that directory's owner and mode."""
+        inside `rootfs`) and give it that directory's owner and mode; where the image has
+        nothing there, give it to `owner`, the container's user (podman's NeedsChown)."""
         with self.lock():
             rec = self.get(name)
             data = self.data(name)
@@ -188,6 +189,8 @@ class Volumes:
                 src = None   # nothing (or no directory) there: nothing to copy
             finally:
                 os.close(root)
+            if src is None and rec.get("NeedsChown") and owner != (0, 0):
+                os.chown(data, *owner, follow_symlinks=False)
             if src is not None:
                 dst = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
