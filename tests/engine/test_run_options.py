@@ -217,6 +217,13 @@ def test_ulimit_and_sysctl(engine, runtime):
                     ulimits=["nofile=512:1024"],
                     sysctls=["kernel.shmmax=123456789", "net.ipv4.ip_unprivileged_port_start=80"])
     assert code == 0 and out.split() == ["512", "1024", "123456789", "80"], out
+    # podman's defaults, within what keel itself holds
+    import resource
+
+    code, out = run(engine, ["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -u"], runtime)
+    nofile = min(specgen.DEFAULT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    nproc = min(specgen.DEFAULT_NPROC, resource.getrlimit(resource.RLIMIT_NPROC)[1])
+    assert out.split() == [str(nofile), str(nofile), str(nproc)], out
     with pytest.raises(EngineError, match="cannot be set with --network host"):
         specgen.parse(sysctls=["net.ipv4.ip_forward=1"], network="host")
 

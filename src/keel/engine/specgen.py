@@ -38,6 +38,7 @@ READ_ONLY_TMPFS = ("/run", "/tmp", "/var/tmp")   # podman's --read-only-tmpfs (d
 INIT_PATH = "/run/keel-init"                       # podman: /run/podman-init
 INIT_CANDIDATES = ("/usr/libexec/keel/catatonit", "/usr/libexec/podman/catatonit",
                    "/usr/bin/catatonit", "/usr/bin/tini-static", "/usr/bin/tini")
+DEFAULT_NOFILE, DEFAULT_NPROC = 1048576, 4194304    # podman's default ulimits
 MIN_MEMORY = 6 << 20                               # docker refuses less
 UNLIMITED = (1 << 64) - 1
 RLIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
@@ -375,6 +376,19 @@ def add_image_volumes(run: dict, image_config: dict) -> dict:
 
 # -- apply: the spec ---------------------------------------------------------------------------------
 
+def default_rlimits() -> list[dict]:
+    """podman's default open-files and process limits (1048576 and 4194304), lowered to
+    what keel itself may hand on: without CAP_SYS_RESOURCE no limit can exceed its own."""
+    import resource
+
+    out = []
+    for name, want in (("NOFILE", DEFAULT_NOFILE), ("NPROC", DEFAULT_NPROC)):
+        hard = resource.getrlimit(getattr(resource, "RLIMIT_" + name))[1]
+        n = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        out.append({"type": "RLIMIT_" + name, "soft": n, "hard": n})
+    return out
+
+
 def all_capabilities() -> list[str]:
     """Every capability keel itself may hand on: its own bounding set (as podman's ALL and
     --privileged), which can be smaller than what the kernel knows."""
@@ -517,10 +531,10 @@ def _apply(spec, run, vols, rootfs, network, made):
     if res:
         _resources(linux.setdefault("resources", {}), res)
 
-    if run.get("ulimits"):
-        types = {u["type"] for u in run["ulimits"]}
-        proc["rlimits"] = [r for r in proc.get("rlimits") or [] if r["type"] not in types] + \
-            [dict(u) for u in run["ulimits"]]
+    limits = default_rlimits() + [dict(u) for u in run.get("ulimits") or []]
+    types = {u["type"] for u in limits}
+    proc["rlimits"] = [r for r in proc.get("rlimits") or [] if r["type"] not in types] + \
+        list({u["type"]: u for u in limits}.values())
     if run.get("sysctls"):
         for k in run["sysctls"]:
             if k.startswith("net.") and network == "host":
