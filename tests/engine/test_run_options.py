@@ -312,6 +312,12 @@ def test_bad_values_are_refused_before_anything_exists(engine, opts, message):
         specgen.parse(**opts)
 
 
+def test_init_is_found_static():
+    found = specgen.find_init()
+    assert specgen._static_elf(found) and os.path.basename(found) in ("catatonit", "tini-static")
+    assert not specgen._static_elf("/bin/sh") or os.path.realpath("/bin/sh").endswith("busybox")
+
+
 def test_bad_seccomp_file_is_refused(engine, tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{not json")

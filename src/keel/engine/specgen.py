@@ -293,15 +293,45 @@ def _device(path):
             "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
 
 
+def _static_elf(path) -> bool:
+    """Whether `path` is an ELF executable without a program interpreter (it runs in any
+    container root, which need not have the host's loader and libraries)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+                return False
+            end = "<" if head[5] == 1 else ">"
+            if head[4] == 2:
+                phoff, = struct.unpack(end + "Q", head[0x20:0x28])
+                phentsize, phnum = struct.unpack(end + "HH", head[0x36:0x3a])
+            else:
+                phoff, = struct.unpack(end + "I", head[0x1c:0x20])
+                phentsize, phnum = struct.unpack(end + "HH", head[0x2a:0x2e])
+            for i in range(min(phnum, 256)):
+                f.seek(phoff + i * phentsize)
+                ptype, = struct.unpack(end + "I", f.read(4))
+                if ptype == 3:   # PT_INTERP
+                    return False
+            return True
+    except (OSError, struct.error):
+        return False
+
+
 def find_init(path: str | None = None) -> str:
-    """The init binary for --init: --init-path, else catatonit, else tini-static."""
-    candidates = [path] if path else INIT_CANDIDATES
-    for p in candidates:
-        if p and os.path.isfile(p) and os.access(p, os.X_OK):
+    """The init binary for --init: --init-path, else the first statically linked one of
+    catatonit and tini-static (a dynamic one would not start in most images)."""
+    if path:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return os.path.abspath(path)
+    for p in () if path else INIT_CANDIDATES:
+        if os.path.isfile(p) and os.access(p, os.X_OK) and _static_elf(p):
             return os.path.abspath(p)
     if path:
         fail(f"--init-path {path}: no such executable file")
-    fail("--init: no catatonit or tini found (install catatonit, or give --init-path)")
+    fail("--init: no statically linked catatonit or tini found (install catatonit, or give --init-path)")
 
 
 # -- parse: every flag, checked ----------------------------------------------------------------------
