@@ -152,6 +152,16 @@ def test_copy_up_stays_inside_the_rootfs(tmp_path):
     assert stat.S_ISCHR(os.lstat(os.path.join(data, "null")).st_mode)
     assert os.readlink(os.path.join(data, "link")) == "/etc/shadow"
     assert vols.get("v")["NeedsCopyUp"] is False
+    # a copy that died half-way is started again from empty
+    vols.ensure("w")
+    rec = vols.get("w")
+    rec["CopyUpInProgress"] = True
+    vols._write(vols.path("w"), rec)
+    with open(os.path.join(vols.data("w"), "half-copied"), "w") as f:
+        f.write("partial")
+    vols.copy_up("w", str(rootfs), "/etc")
+    assert "half-copied" not in os.listdir(vols.data("w")) and "inside" in os.listdir(vols.data("w"))
+    assert "CopyUpInProgress" not in vols.get("w")
     # copy-up happens once: later content is the volume's own
     os.unlink(os.path.join(data, "inside"))
     vols.copy_up("v", str(rootfs), "/data")

@@ -340,8 +340,8 @@ def test_failure_in_apply_leaves_no_container_snapshot_or_volume(engine, tmp_pat
     assert os.listdir(os.path.join(engine.runroot, "containers")) == []
 
 
-def _image_with_volume(tmp_path, busybox_tar, root):
-    """busybox plus /data/seed.txt, with VOLUME /data and VOLUME /cache."""
+def _image_with_volume(tmp_path, busybox_tar, root, volumes=None, name="localhost/withvol:1"):
+    """busybox plus /data/seed.txt, with VOLUME /data and VOLUME /cache (or `volumes`)."""
     import importlib.util
 
     from keel.image import archive
@@ -353,12 +353,13 @@ def _image_with_volume(tmp_path, busybox_tar, root):
     spec.loader.exec_module(mod)
     with open(busybox_tar, "rb") as f:
         layers = [f.read(), mod.tar_of_files({"data/seed.txt": b"seed\n"})]
-    cfg = {"config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Volumes": {"/data": {}, "/cache": {}}}}
-    layout = str(tmp_path / "vol-image")
+    cfg = {"config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"],
+                      "Volumes": volumes if volumes is not None else {"/data": {}, "/cache": {}}}}
+    layout = str(tmp_path / ("vol-image-" + name.rsplit(":", 1)[-1]))
     mod.build_oci_layout(layout, layers=layers, config=cfg)
     with Store(root) as s:
-        archive.import_oci_layout(s, layout, name="localhost/withvol:1")
-    return "localhost/withvol:1"
+        archive.import_oci_layout(s, layout, name=name)
+    return name
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -426,3 +427,11 @@ def test_privileged_keeps_an_explicit_profile(engine, tmp_path):
     assert linux["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
     c = engine.create(IMAGE, ["true"], run_options=specgen.parse(privileged=True))
     assert "seccomp" not in c["config"]["linux"]
+
+
+@pytest.mark.parametrize("volumes", [{"/../etc": {}}, {"relative": {}}, {"/": {}}, ["/data"]])
+def test_hostile_image_volumes_are_refused(engine, tmp_path, busybox_tar, volumes):
+    image = _image_with_volume(tmp_path, busybox_tar, engine.root, volumes, name="localhost/badvol:1")
+    with pytest.raises(EngineError, match="image config.Volumes"):
+        engine.create(image, ["true"])
+    assert engine.containers() == [] and engine.snapshotter.snapshots() == [] and engine.volumes.all() == []

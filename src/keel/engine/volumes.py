@@ -192,9 +192,13 @@ class Volumes:
             if src is None and rec.get("NeedsChown") and owner != (0, 0):
                 os.chown(data, *owner, follow_symlinks=False)
             if src is not None:
+                if rec.get("CopyUpInProgress"):
+                    _empty(data)   # an earlier copy died half-way (kill -9, a full disk)
                 dst = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
                     if not os.listdir(dst):
+                        rec["CopyUpInProgress"] = True
+                        self._write(self.path(name), rec)
                         links = {}
                         try:
                             _copy_dir(src, dst, links)
@@ -212,7 +216,16 @@ class Volumes:
                     os.close(src)
             rec["NeedsCopyUp"] = False
             rec["NeedsChown"] = False
+            rec.pop("CopyUpInProgress", None)
             self._write(self.path(name), rec)
+
+
+def _empty(path: str) -> None:
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def _copy_dir(src: int, dst: int, links: dict | None = None) -> None:
