@@ -435,3 +435,16 @@ def test_hostile_image_volumes_are_refused(engine, tmp_path, busybox_tar, volume
     with pytest.raises(EngineError, match="image config.Volumes"):
         engine.create(image, ["true"])
     assert engine.containers() == [] and engine.snapshotter.snapshots() == [] and engine.volumes.all() == []
+
+
+def test_failed_apply_keeps_a_volume_another_container_took(tmp_path):
+    from keel.engine.volumes import Volumes
+
+    vols = Volumes(str(tmp_path / "root"))
+    run_options = specgen.parse(volumes=["shared:/data", "mine:/mine"])
+    run_options["mounts"].append({"type": "volume", "name": "-bad-", "destination": "/x",
+                                  "options": [], "mode": "rw"})
+    with pytest.raises(EngineError, match="invalid volume name"):
+        specgen.apply({"process": {"args": ["true"]}}, run_options, volumes=vols,
+                      used_elsewhere=lambda name: name == "shared")
+    assert [v["Name"] for v in vols.all()] == ["shared"]

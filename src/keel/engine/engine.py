@@ -195,7 +195,7 @@ class Engine:
                stop_timeout: int | None = None, run_options: dict | None = None) -> dict:
         """Make a container (state "created"): name claimed, snapshot mounted, bundle written.
         `run_options` are the security, resource and storage options from specgen.parse()."""
-        from keel.engine import specgen
+        from keel.engine import specgen, volumes as _volumes
         from keel.image import bundle as _bundle
 
         if network not in NETWORKS:
@@ -255,7 +255,8 @@ class Engine:
                 linux["namespaces"] = [ns for ns in linux.get("namespaces", []) if ns["type"] != "network"]
             elif not any(ns["type"] == "network" for ns in linux.get("namespaces", [])):
                 linux.setdefault("namespaces", []).append({"type": "network"})
-            specgen.apply(spec, options["run"], volumes=self.volumes, rootfs=rootfs, network=network)
+            specgen.apply(spec, options["run"], volumes=self.volumes, rootfs=rootfs, network=network,
+                          used_elsewhere=lambda v: _volumes.used_elsewhere(self, v, cid))
             _write_config(self.bundle_dir(cid), spec)
             self.db.update(cid, config=spec, state="created")
         except ImageError as e:

@@ -481,10 +481,11 @@ def _depth(path):
 
 
 def apply(spec: dict, run: dict, *, volumes=None, rootfs: str | None = None,
-          network: str = "none") -> list[str]:
+          network: str = "none", used_elsewhere=None) -> list[str]:
     """Edit `spec` (from keel.image.bundle) for the parsed options; make the volumes the
     mounts need (under `volumes`, a keel.engine.volumes.Volumes) and copy the image's content
-    into new ones. Returns the names of volumes made now; removes them again on failure."""
+    into new ones. Returns the names of volumes made now; on failure removes those again,
+    except any that `used_elsewhere(name)` says another container took meanwhile."""
     made = []
     try:
         _apply(spec, run, volumes, rootfs, network, made)
@@ -492,7 +493,7 @@ def apply(spec: dict, run: dict, *, volumes=None, rootfs: str | None = None,
         if made and volumes is not None:
             with volumes.lock():
                 for name in made:
-                    if volumes.exists(name):
+                    if volumes.exists(name) and not (used_elsewhere and used_elsewhere(name)):
                         volumes.remove_unlocked(name)
         raise
     return made

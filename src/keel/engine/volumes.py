@@ -304,6 +304,11 @@ def users(eng, name: str) -> list[dict]:
     return [c for c in eng.db.all() if any(n == name for n, _ in volume_names(c))]
 
 
+def used_elsewhere(eng, name: str, cid: str) -> bool:
+    """Whether a container other than `cid` uses the volume."""
+    return any(c["id"] != cid for c in users(eng, name))
+
+
 def inspect_entry(eng, rec: dict) -> dict:
     """podman's `volume inspect` shape."""
     out = {"Name": rec["Name"], "Driver": rec["Driver"], "Mountpoint": rec["Mountpoint"],
@@ -341,7 +346,7 @@ def remove_container_volumes(eng, c: dict, anonymous_only: bool = True) -> None:
     with vols.lock():
         for name, anon in volume_names(c):
             if (anon or not anonymous_only) and vols.exists(name) and \
-                    not [u for u in users(eng, name) if u["id"] != c["id"]]:
+                    not used_elsewhere(eng, name, c["id"]):
                 vols.remove_unlocked(name)
 
 
