@@ -326,6 +326,14 @@ def test_bad_seccomp_file_is_refused(engine, tmp_path):
     path.write_text(json.dumps({"defaultAction": "SCMP_ACT_NOPE"}))
     with pytest.raises(EngineError, match="defaultAction"):
         specgen.parse(security_opt=[f"seccomp={path}"])
+    for bad, where in (({"syscalls": {"a": 1}}, "syscalls: expected a list"),
+                       ({"syscalls": ["x"]}, r"syscalls\[0\]: expected an object"),
+                       ({"syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                                       "includes": {"caps": "CAP_SYS_ADMIN"}}]}, "includes.caps"),
+                       ({"archMap": {"x": 1}}, "archMap: expected a list")):
+        path.write_text(json.dumps(dict(bad, defaultAction="SCMP_ACT_ALLOW")))
+        with pytest.raises(EngineError, match=where):
+            specgen.parse(security_opt=[f"seccomp={path}"])
 
 
 def test_failure_in_apply_leaves_no_container_snapshot_or_volume(engine, tmp_path):

@@ -69,11 +69,22 @@ def seccomp_for(profile: dict, caps) -> dict:
             arches = [arch] + list(entry.get("subArchitectures") or [])
     if arches:
         out["architectures"] = arches
+    if not isinstance(profile.get("syscalls") or [], list):
+        fail("syscalls: expected a list")
+    if not isinstance(profile.get("archMap") or [], list):
+        fail("archMap: expected a list")
     syscalls = []
     for i, entry in enumerate(profile.get("syscalls") or []):
         if not isinstance(entry, dict):
             fail(f"syscalls[{i}]: expected an object")
         inc, exc = entry.get("includes") or {}, entry.get("excludes") or {}
+        for what, part in (("includes", inc), ("excludes", exc)):
+            if not isinstance(part, dict):
+                fail(f"syscalls[{i}].{what}: expected an object")
+            for key in ("caps", "arches"):
+                if not isinstance(part.get(key) or [], list) or \
+                        not all(isinstance(x, str) for x in part.get(key) or []):
+                    fail(f"syscalls[{i}].{what}.{key}: expected a list of strings")
         if inc.get("caps") and not set(inc["caps"]) <= caps:
             continue
         if exc.get("caps") and set(exc["caps"]) & caps:
