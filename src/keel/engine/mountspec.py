@@ -26,7 +26,7 @@ def _bind_like_options(opts, where, volume):
     for o in opts:
         if o not in BIND_OPTIONS:
             fail(f"{where}: unknown option {o!r} (ro, rw, z, Z, [r]shared, [r]slave, [r]private, "
-                  "nosuid, nodev, noexec, bind, rbind, nocopy)")
+                 "nosuid, nodev, noexec, bind, rbind, nocopy)")
         if o in ("ro", "rw"):
             ro = o == "ro"
         elif o in PROPAGATION:

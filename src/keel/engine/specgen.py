@@ -103,7 +103,7 @@ def parse_security_opts(items) -> dict:
             fail(f"{where}: SELinux labels are not supported (only label=disable)")
         else:
             fail(f"{where}: unknown security option (seccomp=, no-new-privileges, mask=, unmask=, "
-                  "apparmor=, systempaths=unconfined, label=disable)")
+                 "apparmor=, systempaths=unconfined, label=disable)")
     return out
 
 
@@ -150,7 +150,7 @@ def parse_resources(memory=None, memory_swap=None, memory_reservation=None, cpus
             fail(f"--memory-swap {memory_swap}: must be at least --memory (it is memory plus swap)")
         if swap != r["memory"] and not swap_accounting():
             fail("--memory-swap: this kernel has no swap accounting (no memory.memsw.* in the "
-                  "cgroup v1 memory controller)")
+                 "cgroup v1 memory controller)")
         r["memory_swap"] = swap
     if cpus is not None:
         try:
@@ -160,7 +160,7 @@ def parse_resources(memory=None, memory_swap=None, memory_reservation=None, cpus
         ncpu = os.cpu_count() or 1
         if not 0.01 <= n <= ncpu:
             fail(f"--cpus {cpus}: the range of CPUs is from 0.01 to {ncpu:.2f}, as there are "
-                  f"only {ncpu} CPUs available")
+                 f"only {ncpu} CPUs available")
         if cpu_period is not None or cpu_quota is not None:
             fail("--cpus: conflicts with --cpu-period and --cpu-quota")
         r["cpu_period"], r["cpu_quota"] = 100000, int(round(n * 100000))
@@ -231,7 +231,7 @@ def parse_sysctl(item: str, network: str = "none") -> tuple[str, str]:
             fail(f"{where}: net.* sysctls cannot be set with --network host")
     elif not (key in SYSCTL_KERNEL or key.startswith("fs.mqueue.")):
         fail(f"{where}: not a namespaced sysctl (kernel.msg*, kernel.sem, kernel.shm*, "
-              "fs.mqueue.*, net.*)")
+             "fs.mqueue.*, net.*)")
     return key, value
 
 
