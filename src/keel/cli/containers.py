@@ -2,10 +2,12 @@
 wait, stop, kill, rm, restart, inspect (containers first, then images), and the `keel
 container ...` group (with `cleanup`, conmon's exit command).
 
-A foreground `run` / `start -a` streams the container's output by following its CRI log file
-(conmon writes it; stdout entries go to our stdout, stderr entries to our stderr) until
-conmon's exit file appears, forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to the
-container, and exits with the container's exit code. No stdin, no terminal in this slice.
+A foreground `run` / `start -a` / `attach` / `exec` connects to conmon's attach socket
+(keel.engine.attach) before the process starts, copies its output to our stdout/stderr and,
+with -i, our stdin to it (EOF closes the container's stdin); with -t our terminal goes raw and
+its size follows (keel.cli.terminal); the detach keys (ctrl-p,ctrl-q) leave it running. It
+forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to the container and exits with the
+container's (or the exec'd command's) exit code.
 
 Errors are one line and exit 125, usage errors (an unknown flag) too, as podman's.
 """
@@ -13,7 +15,6 @@ Errors are one line and exit 125, usage errors (an unknown flag) too, as podman'
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 
@@ -53,12 +54,15 @@ def register(sub, group=False):
     p = add("run", cmd_run, "run a command in a new container")
     _create_flags(p)
     p.add_argument("-d", "--detach", action="store_true", help="run in the background, print the id")
+    _detach_keys_flag(p)
 
     p = add("create", cmd_create, "create a container (start it with start)")
     _create_flags(p)
 
     p = add("start", cmd_start, "start containers")
     p.add_argument("-a", "--attach", action="store_true", help="stream its output, exit with its code")
+    p.add_argument("-i", "--interactive", action="store_true", help="attach stdin too (implies --attach)")
+    _detach_keys_flag(p)
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
 
     p = add("ls" if group else "ps", cmd_ps, "list containers", aliases=("list", "ps") if group else ())
@@ -72,6 +76,25 @@ def register(sub, group=False):
     p.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its time")
     p.add_argument("--since", metavar="TIME", help="only lines since TIME (RFC 3339, unix time or a duration like 10m)")
     p.add_argument("container", metavar="CONTAINER")
+
+    p = add("attach", cmd_attach, "attach to a running container's stdio (its terminal with -t)")
+    p.add_argument("--no-stdin", action="store_true", help="do not attach stdin")
+    _detach_keys_flag(p)
+    p.add_argument("container", metavar="CONTAINER")
+
+    p = add("exec", cmd_exec, "run a command in a running container")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and pass ours")
+    p.add_argument("-t", "--tty", action="store_true", help="give the command a terminal")
+    p.add_argument("-d", "--detach", action="store_true", help="run it in the background, print the session id")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="set an environment variable (NAME alone: the value from keel's environment)")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE", help="read NAME=VALUE lines from FILE")
+    p.add_argument("-u", "--user", help="user[:group] to run as (name or number)")
+    p.add_argument("-w", "--workdir", help="working directory for the command")
+    p.add_argument("--privileged", action="store_true", help="give the command every capability")
+    _detach_keys_flag(p)
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
 
     p = add("wait", cmd_wait, "wait for containers to exit, print their exit codes")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
@@ -99,6 +122,7 @@ def register(sub, group=False):
         p.add_argument("containers", nargs="+", metavar="CONTAINER")
         p = add("cleanup", cmd_cleanup, "record a container's exit and free its runtime state (conmon's exit command)")
         p.add_argument("--rm", action="store_true", help="also remove the container")
+        p.add_argument("--exec", metavar="SESSION", help="clean up this exec session only")
         p.add_argument("container", metavar="CONTAINER")
         return
 
@@ -108,7 +132,16 @@ def register(sub, group=False):
     register(grp.add_subparsers(dest="container_command", metavar="COMMAND", parser_class=_Parser), group=True)
 
 
+def _detach_keys_flag(p):
+    from keel.cli.terminal import DEFAULT_DETACH_KEYS
+
+    p.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS",
+                   help='keys that detach, e.g. "ctrl-p,ctrl-q" (the default); "" disables detaching')
+
+
 def _create_flags(p):
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (and pass ours when attached)")
+    p.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
     p.add_argument("--name", help="the container's name (default: a generated adjective_surname)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="NAME[=VALUE]",
                    help="set an environment variable (NAME alone: the value from keel's environment)")
@@ -201,40 +234,60 @@ def _create(args, eng):
                       env=_env(args), workdir=args.workdir, user=args.user, hostname=args.hostname,
                       runtime=args.runtime, labels=_labels(args.label), network=args.network,
                       remove=args.rm, stop_signal=args.stop_signal, stop_timeout=args.stop_timeout,
-                      run_options=runopts.parse(args, args.network))
+                      run_options=runopts.parse(args, args.network),
+                      interactive=args.interactive, tty=args.tty,
+                      console_size=_terminal().caller_window_size() if args.tty else None)
 
 
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+def _terminal():
+    from keel.cli import terminal
+
+    return terminal
 
 
-def _attach(eng, cid, offset):
-    """Print the container's output from log offset `offset` until it exits; its exit code."""
-    from keel.engine import logs, monitor
+def _attach(eng, c, *, stdin, detach_keys, sock=None):
+    """Stream a running container's stdio through conmon's attach socket (connected now
+    unless `sock` is given); its exit code, or None when the detach keys were typed."""
+    from keel.engine import attach
     from keel.engine.errors import EngineError
 
-    c = eng.db.get(cid)
+    bundle = eng.bundle_dir(c["id"])
+    if sock is None:
+        sock = attach.connect(bundle, f"container {c['name']}")
 
-    def forward(signum, frame):
+    def forward(signum):
         try:
-            eng.kill(cid, signum)
+            eng.kill(c["id"], signum)
         except EngineError:
             pass
 
-    old = {s: signal.signal(s, forward) for s in _FORWARDED}
-    try:
-        def done():
-            return monitor.read_exit_file(eng.exit_dir, cid) is not None or \
-                eng._sync(eng.db.get(cid) or {"state": "gone"})["state"] not in ("initialized", "running")
+    how = _terminal().attach_streams(
+        sock, stdin=stdin, tty=c["options"].get("tty", False), detach_keys=detach_keys,
+        resize=lambda rows, cols: attach.resize(bundle, rows, cols), forward_signal=forward)
+    return None if how == "detached" else eng.wait(c["id"])
 
-        out, err = sys.stdout.buffer, sys.stderr.buffer
-        for e in logs.follow(c["log_path"], done, offset):
-            stream = out if e.stream == "stdout" else err
-            stream.write(e.message if e.partial else e.message + b"\n")
-            stream.flush()
-        return eng.wait(cid)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+
+def _start_attached(eng, c, *, stdin, detach_keys):
+    """Start container `c` with our stdio attached from its first byte; its exit code, or
+    None when detached."""
+    from keel.engine import attach
+
+    held = {}
+
+    def on_created(cur):
+        bundle = eng.bundle_dir(cur["id"])
+        held["sock"] = attach.connect(bundle, f"container {cur['name']}")
+        size = _terminal().caller_window_size() if cur["options"].get("tty") else None
+        if size:
+            attach.resize(bundle, *size)
+
+    try:
+        c = eng.start(c["id"], on_created=on_created)
+    except BaseException:
+        if "sock" in held:
+            held["sock"].close()
+        raise
+    return _attach(eng, c, stdin=stdin, detach_keys=detach_keys, sock=held["sock"])
 
 
 def _start_error_code(e):
@@ -256,14 +309,16 @@ def cmd_create(args):
 
 
 def cmd_run(args):
-    from keel.engine import logs
     from keel.engine.errors import ContainerNotFound, MonitorFailed, RuntimeFailed
 
+    _terminal().parse_detach_keys(args.detach_keys)   # a bad value fails before anything is made
     eng = _engine(args)
     c = _create(args, eng)
-    offset = logs.log_size(c["log_path"])
     try:
-        eng.start(c["id"])
+        if args.detach:
+            eng.start(c["id"])
+        else:
+            code = _start_attached(eng, c, stdin=args.interactive, detach_keys=args.detach_keys)
     except (MonitorFailed, RuntimeFailed) as e:
         if args.rm:
             try:
@@ -275,7 +330,8 @@ def cmd_run(args):
     if args.detach:
         print(c["id"])
         return 0
-    code = _attach(eng, c["id"], offset)
+    if code is None:   # detached: it runs on (and --rm removes it when it exits)
+        return 0
     if args.rm:
         try:
             eng.remove(c["id"], force=True)
@@ -285,17 +341,20 @@ def cmd_run(args):
 
 
 def cmd_start(args):
-    from keel.engine import logs
     from keel.engine.errors import EngineError
 
     eng = _engine(args)
-    if args.attach:
+    if args.attach or args.interactive:
         if len(args.containers) != 1:
             raise EngineError("start --attach: give exactly one container")
+        _terminal().parse_detach_keys(args.detach_keys)
         c = eng.get(args.containers[0])
-        offset = logs.log_size(c["log_path"])
-        eng.start(c["id"])
-        return _attach(eng, c["id"], offset)
+        stdin = args.interactive and c["options"].get("interactive", False)
+        if c["state"] == "running":
+            code = _attach(eng, c, stdin=stdin, detach_keys=args.detach_keys)
+        else:
+            code = _start_attached(eng, c, stdin=stdin, detach_keys=args.detach_keys)
+        return 0 if code is None else code
     failed = None
     for ref in args.containers:
         try:
@@ -474,7 +533,52 @@ def cmd_rm(args):
 
 def cmd_cleanup(args):
     eng = _engine(args)
+    if args.exec:
+        from keel.engine import exec as exec_
+
+        exec_.cleanup(eng, args.container, args.exec)
+        return
     eng.cleanup(args.container, remove=args.rm)
+
+
+def cmd_attach(args):
+    from keel.engine.errors import InvalidState
+
+    _terminal().parse_detach_keys(args.detach_keys)
+    eng = _engine(args)
+    c = eng.get(args.container)
+    if c["state"] != "running":
+        raise InvalidState(f"you can only attach to running containers: {c['name']} is {c['state']}")
+    code = _attach(eng, c, stdin=not args.no_stdin and c["options"].get("interactive", False),
+                   detach_keys=args.detach_keys)
+    return 0 if code is None else code
+
+
+def cmd_exec(args):
+    from keel.engine import exec as exec_
+    from keel.engine.errors import MonitorFailed, RuntimeFailed
+
+    terminal = _terminal()
+    terminal.parse_detach_keys(args.detach_keys)
+    eng = _engine(args)
+    try:
+        sess = exec_.start(eng, args.container, args.command, tty=args.tty, interactive=args.interactive,
+                           detach=args.detach, env=_env(args), user=args.user, workdir=args.workdir,
+                           privileged=args.privileged,
+                           console_size=terminal.caller_window_size() if args.tty else None)
+    except (MonitorFailed, RuntimeFailed) as e:
+        sys.stderr.write(f"Error: {e}\n")
+        return _start_error_code(e)
+    if args.detach:
+        sess.close()
+        print(sess.id)
+        return 0
+    how = terminal.attach_streams(sess.sock, stdin=args.interactive, tty=args.tty,
+                                  detach_keys=args.detach_keys, resize=sess.resize)
+    if how == "detached":
+        sess.close()
+        return 0
+    return sess.wait()
 
 
 def inspect_entry(eng, c):
@@ -543,6 +647,8 @@ def inspect_entry(eng, c):
             "Annotations": cfg.get("annotations") or {},
             "StopSignal": opts.get("stop_signal"),
             "StopTimeout": opts.get("stop_timeout"),
+            "Tty": bool(opts.get("tty")),
+            "OpenStdin": bool(opts.get("interactive")),
         },
         "HostConfig": {
             "NetworkMode": opts.get("network", "none"),

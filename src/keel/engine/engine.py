@@ -192,9 +192,13 @@ class Engine:
                workdir: str | None = None, user: str | None = None, hostname: str | None = None,
                runtime: str | None = None, labels: dict | None = None, network: str = "none",
                remove: bool = False, stop_signal: str | None = None,
-               stop_timeout: int | None = None, run_options: dict | None = None) -> dict:
+               stop_timeout: int | None = None, run_options: dict | None = None,
+               interactive: bool = False, tty: bool = False,
+               console_size: tuple[int, int] | None = None) -> dict:
         """Make a container (state "created"): name claimed, snapshot mounted, bundle written.
-        `run_options` are the security, resource and storage options from specgen.parse()."""
+        `run_options` are the security, resource and storage options from specgen.parse().
+        interactive: keep its stdin open for attach clients (-i); tty: give it a pty (-t),
+        first sized console_size (rows, cols)."""
         from keel.engine import specgen, volumes as _volumes
         from keel.image import bundle as _bundle
 
@@ -222,7 +226,8 @@ class Engine:
                    "remove": bool(remove), "stop_signal": stop_sig,
                    "stop_timeout": DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout,
                    "run": specgen.add_image_volumes(
-                       run_options if run_options is not None else specgen.parse(network=network), img_cfg)}
+                       run_options if run_options is not None else specgen.parse(network=network), img_cfg),
+                   "interactive": bool(interactive), "tty": bool(tty)}
         rec = {"id": cid, "name": name, "image_id": img.id.partition(":")[2], "image_name": image,
                "config": {}, "options": options, "labels": all_labels, "runtime": runtime_path,
                "state": "configured", "created": time.time(),
@@ -247,7 +252,9 @@ class Engine:
             if hostname is None:
                 hostname = os.uname().nodename if network == "host" else cid[:12]
             spec = _bundle.bundle_spec(img, rootfs, command or None, entrypoint=entrypoint, env=env,
-                                       workdir=workdir, user=user, hostname=hostname)
+                                       workdir=workdir, user=user, hostname=hostname, terminal=tty)
+            if tty and console_size:
+                spec["process"]["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
             _bundle.mkdir_in_root(rootfs, spec["process"]["cwd"])
             linux = spec.setdefault("linux", {})
             linux["cgroupsPath"] = f"{self.cgroup_parent.rstrip('/')}/{cid}"
@@ -286,8 +293,10 @@ class Engine:
 
     # -- start -------------------------------------------------------------------------------------
 
-    def start(self, ref: str) -> dict:
-        """Run a created (or exited) container: conmon + `RUNTIME create`, then `RUNTIME start`."""
+    def start(self, ref: str, on_created=None) -> dict:
+        """Run a created (or exited) container: conmon + `RUNTIME create`, then `RUNTIME start`.
+        on_created(container) runs in between (an attach client connects there, so it sees
+        all the output)."""
         c = self.db.find(ref)
         with self._lock(c["id"]):
             c = self._sync(self.db.find(c["id"]))
@@ -312,7 +321,8 @@ class Engine:
                     cid=cid, name=c["name"], runtime_path=c["runtime"], runtime_root=self.runtime_root,
                     bundle=bundle, log_path=c["log_path"], exit_dir=self.exit_dir,
                     exit_command=self.exit_command(cid, c["options"].get("remove", False)),
-                    runtime_log=os.path.join(bundle, "oci-log"))
+                    runtime_log=os.path.join(bundle, "oci-log"),
+                    terminal=c["options"].get("tty", False), stdin=c["options"].get("interactive", False))
             except MonitorFailed as e:
                 with contextlib.suppress(EngineError):
                     rt.delete(cid, force=True)
@@ -324,8 +334,10 @@ class Engine:
                            exit_code=None, error="", finished=0)
             started = time.time()
             try:
+                if on_created is not None:
+                    on_created(self.db.get(cid))
                 rt.start(cid)
-            except RuntimeFailed as e:
+            except EngineError as e:   # the runtime's start, or the attach before it
                 with contextlib.suppress(EngineError):
                     rt.kill(cid, 9)
                 self.db.update(cid, error=str(e))
@@ -464,6 +476,9 @@ class Engine:
         cid = c["id"]
         if c["state"] in RUNNING_STATES or c["state"] == "exited":
             self.runtime(c).delete(cid, force=True)
+        from keel.engine import exec as exec_
+
+        exec_.wait_sessions(self, cid)   # their conmons write in the bundle dir until they exit
         self._discard(cid, volumes)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.runroot, "locks", cid))

@@ -11,6 +11,7 @@ format, and when the container exits it drains the pipes, syncs the log, writes 
 before it exits itself. `keel` never waits for conmon: the container outlives it.
 """
 
+import contextlib
 import json
 import os
 import select
@@ -62,10 +63,37 @@ def alive(pid: int, start: str, boot: str) -> bool:
     return rest[0] != b"Z" and rest[19].decode() == start
 
 
+@contextlib.contextmanager
+def console_tmpdir(env: dict, terminal: bool):
+    """With a terminal, conmon binds its console socket at $TMPDIR/conmon-term.XXXXXX and
+    removes it only once the runtime connected: a runtime that fails earlier leaves it behind
+    (podman leaks these in /tmp). Give conmon a private TMPDIR, removed when the launch is
+    over either way. Its path is short: conmon cuts a console socket path at 107 bytes."""
+    if not terminal:
+        yield
+        return
+    import tempfile
+
+    base = tempfile.gettempdir()
+    if len(base) > 60:
+        base = "/tmp"
+    d = tempfile.mkdtemp(prefix="keel-console-", dir=base)
+    env["TMPDIR"] = d
+    try:
+        yield
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def launch(*, cid: str, name: str, runtime_path: str, runtime_root: str, bundle: str,
-           log_path: str, exit_dir: str, exit_command: list[str], runtime_log: str) -> tuple[int, int]:
+           log_path: str, exit_dir: str, exit_command: list[str], runtime_log: str,
+           terminal: bool = False, stdin: bool = False) -> tuple[int, int]:
     """Start conmon for container `cid` (bundle already written); wait for the runtime's create.
-    Returns (container pid, conmon pid). MonitorFailed carries the runtime's error."""
+    Returns (container pid, conmon pid). MonitorFailed carries the runtime's error.
+
+    terminal: conmon takes the pty master the runtime sends to its console socket (-t);
+    else stdin: conmon keeps a pipe to the container's stdin for attach clients (-i). As in
+    podman, -t alone carries stdin too: the pty master is the container's input."""
     conmon = find_conmon()
     pidfile = os.path.join(bundle, "pidfile")
     conmon_pidfile = os.path.join(bundle, "conmon.pid")
@@ -75,7 +103,7 @@ def launch(*, cid: str, name: str, runtime_path: str, runtime_root: str, bundle:
             "--runtime-arg", "--root", "--runtime-arg", runtime_root,
             "--runtime-arg", "--log-format=json", "--runtime-arg", "--log",
             "--runtime-arg", runtime_log, "--conmon-pidfile", conmon_pidfile,
-            "--exit-command", exit_command[0]]
+            *(["-t"] if terminal else ["-i"] if stdin else []), "--exit-command", exit_command[0]]
     for a in exit_command[1:]:
         argv += ["--exit-command-arg", a]
     r, w = os.pipe()
@@ -83,18 +111,19 @@ def launch(*, cid: str, name: str, runtime_path: str, runtime_root: str, bundle:
     env = dict(os.environ, _OCI_SYNCPIPE=str(w))
     env.pop("_OCI_STARTPIPE", None)
     try:
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, cwd=bundle, env=env, pass_fds=(w,))
-        except OSError as e:
-            raise MonitorFailed(f"{conmon}: {(e.strerror or str(e)).lower()}") from None
-        os.close(w)
-        w = -1
-        out, _ = proc.communicate(timeout=SYNC_TIMEOUT)
-        if proc.returncode != 0:
-            text = out.decode(errors="replace").strip().splitlines()
-            raise MonitorFailed(f"conmon: {text[-1] if text else f'exit status {proc.returncode}'}")
-        msg = _read_sync(r)
+        with console_tmpdir(env, terminal):
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, cwd=bundle, env=env, pass_fds=(w,))
+            except OSError as e:
+                raise MonitorFailed(f"{conmon}: {(e.strerror or str(e)).lower()}") from None
+            os.close(w)
+            w = -1
+            out, _ = proc.communicate(timeout=SYNC_TIMEOUT)
+            if proc.returncode != 0:
+                text = out.decode(errors="replace").strip().splitlines()
+                raise MonitorFailed(f"conmon: {text[-1] if text else f'exit status {proc.returncode}'}")
+            msg = read_sync(r)   # the console was taken (or the runtime failed) before this
     finally:
         os.close(r)
         if w >= 0:
@@ -116,18 +145,19 @@ def launch(*, cid: str, name: str, runtime_path: str, runtime_root: str, bundle:
     return pid, conmon_pid
 
 
-def _read_sync(fd: int) -> dict | None:
-    """The first JSON line conmon writes on the sync pipe (None on EOF)."""
+def read_sync(fd: int, timeout: float | None = SYNC_TIMEOUT) -> dict | None:
+    """The next JSON line conmon writes on a sync pipe (None on EOF); timeout None waits
+    as long as it takes (an exec session's exit code comes when its process exits)."""
     buf = b""
-    deadline = time.monotonic() + SYNC_TIMEOUT
+    deadline = None if timeout is None else time.monotonic() + timeout
     while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise MonitorFailed(f"conmon: no answer on the sync pipe in {SYNC_TIMEOUT:.0f}s")
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise MonitorFailed(f"conmon: no answer on the sync pipe in {timeout:.0f}s")
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             continue
-        chunk = os.read(fd, 4096)
+        chunk = os.read(fd, 1)   # byte by byte: a second message must stay in the pipe
         if not chunk:
             break
         buf += chunk

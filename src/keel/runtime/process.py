@@ -124,7 +124,10 @@ def lookpath(arg0, env):
         if (st.st_mode & 0o170000) == 0o100000 and os.access(c, os.X_OK):
             return c
     if "/" in arg0:
-        raise RuntimeError_(f"exec: {arg0!r}: no such executable file in the container")
+        # as execve(2) says it (runc's words): a path that is there but cannot be run is
+        # "permission denied" (engines map it to 126), a missing one "no such file" (127)
+        why = "permission denied" if os.path.lexists(arg0) else "no such file or directory"
+        raise RuntimeError_(f"exec: {arg0!r}: {why}")
     raise RuntimeError_(f"exec: {arg0!r}: executable file not found in $PATH")
 
 
