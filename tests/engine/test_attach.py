@@ -136,14 +136,17 @@ def test_input_filter_detaches(engine):
 
 
 def test_resize_through_ctl(engine):
-    c = engine.create(IMAGE, ["sh", "-c", "read x; stty size"], runtime=engine.test_runtime,
+    # conmon reads the ctl fifo and the attach socket in no fixed order: the container
+    # itself watches for the new size (10 s at most) instead of being told when to look
+    script = ('stty size; i=0; while [ "$(stty size)" != "12 34" ] && [ $i -lt 200 ]; '
+              'do sleep 0.05; i=$((i+1)); done; stty size')
+    c = engine.create(IMAGE, ["sh", "-c", script], runtime=engine.test_runtime,
                       interactive=True, tty=True, console_size=(20, 70))
     assert c["config"]["process"]["terminal"] is True
     assert c["config"]["process"]["consoleSize"] == {"height": 20, "width": 70}
     sock = _start_attached(engine, c)
     bundle = engine.bundle_dir(c["id"])
     assert attach.resize(bundle, 12, 34)
-    sock.send(b"go\r")
     how, out, err = _stream(sock)
     assert how == "exited" and out.endswith(b"12 34\r\n") and err == b"", out
     assert engine.wait(c["id"]) == 0
