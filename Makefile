@@ -11,7 +11,7 @@ APT_BASE := python3-venv busybox-static libseccomp2 procps iproute2
 # keel-vm: QEMU (virtiofsd ships with it), lz4 to unpack the guest kernel, gcc for the guest agent
 APT_VM := qemu-system-x86 lz4 gcc libc6-dev
 APT_TEST := $(APT_BASE) runc crun podman containerd conmon catatonit tini uidmap \
-	docker-registry skopeo umoci $(APT_VM)
+	docker-registry skopeo umoci containernetworking-plugins iptables $(APT_VM)
 
 PYTEST_ARGS ?=
 ifneq ($(SKIP_VM),)

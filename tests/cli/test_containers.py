@@ -108,8 +108,8 @@ def test_network_none_and_host(keel):
     with open("/proc/net/dev") as f:
         assert sorted(ln.split(":")[0].strip() for ln in host.splitlines()[2:]) == \
             sorted(ln.split(":")[0].strip() for ln in f.read().splitlines()[2:])
-    r = keel.run("--network", "bridge", IMAGE, "true")
-    assert r.returncode == 125 and r.stderr == "Error: --network bridge: not supported yet (only none and host)\n"
+    r = keel.run("--network", "no-such-net", IMAGE, "true")
+    assert r.returncode == 125 and r.stderr == "Error: network 'no-such-net' not found\n"
 
 
 def test_detached_ps_inspect_logs_rm(keel):

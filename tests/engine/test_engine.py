@@ -9,7 +9,7 @@ import pytest
 
 from engine_helpers import RUNTIMES
 from keel.engine import Engine
-from keel.engine.errors import ContainerNotFound, EngineError, InvalidState, NameInUse, NotSupported
+from keel.engine.errors import ContainerNotFound, EngineError, InvalidState, NameInUse
 
 IMAGE = "localhost/busybox:latest"
 
@@ -54,8 +54,8 @@ def test_names_are_unique(engine):
 
 
 def test_bad_input_leaves_nothing(engine):
-    with pytest.raises(NotSupported, match="--network bridge: not supported yet"):
-        engine.create(IMAGE, ["true"], network="bridge")
+    with pytest.raises(EngineError, match="network 'no-such-net' not found"):
+        engine.create(IMAGE, ["true"], network="no-such-net")
     with pytest.raises(EngineError, match="image not found"):
         engine.create("localhost/nope:1", ["true"])
     with pytest.raises(EngineError, match="invalid container name"):

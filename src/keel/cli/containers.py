@@ -96,6 +96,10 @@ def register(sub, group=False):
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
 
+    p = add("port", cmd_port, "list a container's published ports")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("port", nargs="?", metavar="PORT[/PROTO]", help="only this container port")
+
     p = add("wait", cmd_wait, "wait for containers to exit, print their exit codes")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
 
@@ -152,8 +156,20 @@ def _create_flags(p):
     p.add_argument("--hostname", help="the container's hostname (default: the id's first 12 characters)")
     p.add_argument("--runtime", help="OCI runtime name or path (default keel-runtime; runc, crun, ...)")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY[=VALUE]", help="set a label")
-    p.add_argument("--network", "--net", default="none", metavar="MODE",
-                   help="none (default: an empty network namespace) or host")
+    p.add_argument("--network", "--net", metavar="MODE",
+                   help="none (an empty network namespace; the default without -p), host, bridge (the "
+                        "default network; the default with -p), NAME[,NAME...] (CNI networks) or container:NAME|ID")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
+                   help="publish a container port on the host (through the CNI portmap plugin)")
+    p.add_argument("-P", "--publish-all", action="store_true",
+                   help="publish every port the image exposes on a free host port")
+    p.add_argument("--network-alias", action="append", default=[], metavar="NAME",
+                   help="another name the container has on its networks (in the others' /etc/hosts)")
+    p.add_argument("--ip", metavar="ADDRESS", help="the container's address on its (one) network")
+    p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP", help="add a line to /etc/hosts")
+    p.add_argument("--dns", action="append", default=[], metavar="IP", help="nameserver for /etc/resolv.conf")
+    p.add_argument("--dns-search", action="append", default=[], metavar="DOMAIN", help="search domain for /etc/resolv.conf")
+    p.add_argument("--dns-option", action="append", default=[], metavar="OPTION", help="option for /etc/resolv.conf")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("--stop-signal", help="signal to stop the container (default: the image's, or SIGTERM)")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS", help="seconds stop waits before SIGKILL (default 10)")
@@ -167,7 +183,7 @@ def _create_flags(p):
 def _engine(args):
     from keel.engine import Engine
 
-    return Engine(args.root, args.runroot)
+    return Engine(args.root, args.runroot, network_config_dir=getattr(args, "network_config_dir", None))
 
 
 def _env(args):
@@ -229,6 +245,26 @@ def _entrypoint(value):
     return [value]
 
 
+def _published(args, eng):
+    """-p, plus with -P each port the image exposes (its ExposedPorts) on a free host port."""
+    ports = list(args.publish)
+    if args.publish_all:
+        from keel.engine.errors import EngineError
+        from keel.image.errors import ImageError
+
+        try:
+            exposed = (eng.store.get(args.image).config.get("config") or {}).get("ExposedPorts") or {}
+        except ImageError as e:
+            raise EngineError(str(e)) from None
+        def key(spec):   # "[ip:][host:]80[/udp]" -> ("80", "udp")
+            port, _, proto = spec.rsplit(":", 1)[-1].partition("/")
+            return port, (proto or "tcp").lower()
+
+        given = {key(q) for q in ports}
+        ports += [p for p in exposed if key(p) not in given]
+    return ports
+
+
 def _create(args, eng):
     return eng.create(args.image, args.command, name=args.name, entrypoint=_entrypoint(args.entrypoint),
                       env=_env(args), workdir=args.workdir, user=args.user, hostname=args.hostname,
@@ -236,7 +272,10 @@ def _create(args, eng):
                       remove=args.rm, stop_signal=args.stop_signal, stop_timeout=args.stop_timeout,
                       run_options=runopts.parse(args, args.network),
                       interactive=args.interactive, tty=args.tty,
-                      console_size=_terminal().caller_window_size() if args.tty else None)
+                      console_size=_terminal().caller_window_size() if args.tty else None,
+                      ports=_published(args, eng), dns=args.dns, dns_search=args.dns_search,
+                      dns_options=args.dns_option, add_hosts=args.add_host, ip=args.ip,
+                      network_aliases=args.network_alias)
 
 
 def _terminal():
@@ -310,6 +349,7 @@ def cmd_create(args):
 
 def cmd_run(args):
     from keel.engine.errors import ContainerNotFound, MonitorFailed, RuntimeFailed
+    from keel.engine.network import NetworkError
 
     _terminal().parse_detach_keys(args.detach_keys)   # a bad value fails before anything is made
     eng = _engine(args)
@@ -319,14 +359,14 @@ def cmd_run(args):
             eng.start(c["id"])
         else:
             code = _start_attached(eng, c, stdin=args.interactive, detach_keys=args.detach_keys)
-    except (MonitorFailed, RuntimeFailed) as e:
+    except (MonitorFailed, RuntimeFailed, NetworkError) as e:
         if args.rm:
             try:
                 eng.remove(c["id"], force=True)
             except ContainerNotFound:
                 pass
         sys.stderr.write(f"Error: {e}\n")
-        return _start_error_code(e)
+        return EXIT_ERROR if isinstance(e, NetworkError) else _start_error_code(e)
     if args.detach:
         print(c["id"])
         return 0
@@ -385,8 +425,15 @@ def _status(c):
     return s.capitalize()
 
 
-def ps_entry(c):
+def _ports(eng, c):
+    from keel.engine import network
+
+    return network.ports_of(eng, c) if eng is not None else list((c["options"].get("net") or {}).get("ports") or [])
+
+
+def ps_entry(c, eng=None):
     """One container in podman's `ps --format json` shape."""
+    ports = _ports(eng, c)
     return {
         "AutoRemove": bool(c["options"].get("remove")),
         "Command": _argv(c),
@@ -402,11 +449,12 @@ def ps_entry(c):
         "Labels": c["labels"] or None,
         "Mounts": [m["destination"] for m in (c["options"].get("run") or {}).get("mounts", [])],
         "Names": [c["name"]],
-        "Networks": [],
+        "Networks": list((c["options"].get("net") or {}).get("networks") or []),
         "Pid": c["pid"] if c["state"] == "running" else 0,
         "Pod": "",
         "PodName": "",
-        "Ports": None,
+        "Ports": [{"host_ip": p["hostIP"], "container_port": p["containerPort"], "host_port": p["hostPort"],
+                   "range": 1, "protocol": p["protocol"]} for p in ports] or None,
         "StartedAt": int(c["started"]),
         "State": c["state"],
         "Status": _status(c),
@@ -427,14 +475,45 @@ def cmd_ps(args):
             print(c["id"][:12])
         return
     if fmt == "json":
-        print(json.dumps([ps_entry(c) for c in cs], indent=4))
+        print(json.dumps([ps_entry(c, eng) for c in cs], indent=4))
         return
     rows = []
     for c in cs:
         cmd = " ".join(_argv(c))
         rows.append([c["id"][:12], c["image_name"], cmd if len(cmd) <= 20 else cmd[:17] + "...",
-                     _ago(c["created"]) + " ago", _status(c), "", c["name"]])
+                     _ago(c["created"]) + " ago", _status(c), _ports_column(eng, c), c["name"]])
     print_table(rows, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"])
+
+
+def _ports_column(eng, c):
+    from keel.engine import network
+
+    return ", ".join(f"{p['hostIP'] or '0.0.0.0'}:{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
+                     for p in network.ports_of(eng, c))
+
+
+def cmd_port(args):
+    """podman's `port`: `80/tcp -> 0.0.0.0:8080` lines, or the host address of one port."""
+    from keel.engine import network
+    from keel.engine.errors import EngineError
+
+    eng = _engine(args)
+    c = eng.get(args.container)
+    ports = network.ports_of(eng, c)
+    if args.port is None:
+        for p in ports:
+            print(network.format_port(p))
+        return 0
+    num, _, proto = args.port.partition("/")
+    proto = (proto or "tcp").lower()
+    if not num.isdigit():
+        raise EngineError(f"port {args.port!r}: expected PORT[/PROTO]")
+    found = [p for p in ports if p["containerPort"] == int(num) and p["protocol"] == proto]
+    if not found:
+        raise EngineError(f"no public port {num}/{proto} published for {c['name']}")
+    for p in found:
+        print(f"{p['hostIP'] or '0.0.0.0'}:{p['hostPort']}")
+    return 0
 
 
 def cmd_logs(args):
@@ -650,14 +729,33 @@ def inspect_entry(eng, c):
             "Tty": bool(opts.get("tty")),
             "OpenStdin": bool(opts.get("interactive")),
         },
+        "NetworkSettings": _network_settings(eng, c),
         "HostConfig": {
             "NetworkMode": opts.get("network", "none"),
+            **_host_network_config(opts),
             "AutoRemove": bool(opts.get("remove")),
             "Runtime": "oci",
             **specgen.inspect_host_config(opts.get("run")),
         },
         "Mounts": specgen.inspect_mounts(opts.get("run"), eng.volumes.dir),
     }
+
+
+def _network_settings(eng, c):
+    from keel.engine import network
+
+    return network.settings(eng, c)
+
+
+def _host_network_config(opts):
+    net = opts.get("net") or {}
+    bindings = {}
+    for p in net.get("ports") or []:
+        bindings.setdefault(f"{p['containerPort']}/{p['protocol']}", []).append(
+            {"HostIp": p["hostIP"], "HostPort": str(p["hostPort"]) if p["hostPort"] else ""})
+    return {"PortBindings": bindings, "Dns": net.get("dns") or [], "DnsSearch": net.get("dns_search") or [],
+            "DnsOptions": net.get("dns_options") or [],
+            "ExtraHosts": [f"{n}:{ip}" for n, ip in net.get("add_hosts") or []]}
 
 
 def _check_format(fmt):

@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from keel.cli import containers, images, volumes
+    from keel.cli import containers, images, networks, volumes
 
     p = _Parser(prog="keel", description="keel: containers and images, daemonless, podman-style")
     p.add_argument("--root", default=os.environ.get("KEEL_ROOT", DEFAULT_ROOT),
@@ -29,11 +29,14 @@ def build_parser():
                    help="run state (env KEEL_RUNROOT; default %(default)s)")
     p.add_argument("--registries-conf", default=os.environ.get("KEEL_REGISTRIES_CONF"),
                    help="registries.conf to use instead of /etc/keel, then /etc/containers")
+    p.add_argument("--network-config-dir", default=os.environ.get("KEEL_NETWORK_CONFIG_DIR"),
+                   help="CNI network configs (env KEEL_NETWORK_CONFIG_DIR; default /etc/keel/cni/net.d)")
     p.add_argument("--version", action="store_true", help="print the version")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     images.register(sub)
     containers.register(sub)
     volumes.register(sub)
+    networks.register(sub)
     image = sub.add_parser("image", help="manage images (ls, rm, pull, push, prune, mount, ...)")
     isub = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser)
     images.register(isub, group=True)

@@ -25,7 +25,9 @@ and boot id) before it is shown or acted on, so another `keel` process, a restar
 after a reboot sees the truth: a container whose conmon is gone without an exit file is
 "exited" with exit code -1 and an Error saying so, or "unknown" if the runtime still runs it.
 
-Networking in this slice: "none" (a new, empty network namespace) and "host" (none).
+Networking (keel.engine.network): "none" (a new, empty network namespace), "host", CNI
+networks (a namespace keel makes and sets up with the CNI plugins at start, torn down at
+cleanup and rm) and "container:<id>" (another container's namespace).
 """
 
 import contextlib
@@ -39,11 +41,10 @@ import sys
 import time
 
 from keel.engine import db as _db
-from keel.engine import monitor, names, ociruntime
+from keel.engine import monitor, names, network as _network, networks as _networks, ociruntime
 from keel.engine.errors import (ContainerNotFound, EngineError, InvalidState, MonitorFailed,
                                 NameInUse, NotSupported, RuntimeFailed)
 
-NETWORKS = ("none", "host")
 DEFAULT_STOP_TIMEOUT = 10
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 RUNNING_STATES = ("initialized", "running", "unknown")
@@ -83,7 +84,8 @@ DEFAULT_CGROUP_PARENT = "/keel"
 
 
 class Engine:
-    def __init__(self, root: str, runroot: str, cgroup_parent: str | None = None):
+    def __init__(self, root: str, runroot: str, cgroup_parent: str | None = None,
+                 network_config_dir: str | None = None):
         self.root = os.path.abspath(root)
         self.runroot = os.path.abspath(runroot)
         # Containers' cgroups go under this parent (podman's cgroup_parent); env KEEL_CGROUP_PARENT.
@@ -99,6 +101,7 @@ class Engine:
             os.makedirs(d, 0o700, exist_ok=True)
         self._store = None
         self._snap = None
+        self.networks = _networks.Networks(_networks.config_dir(network_config_dir), self.runroot)
 
     def close(self):
         self.db.close()
@@ -190,11 +193,15 @@ class Engine:
     def create(self, image: str, command: list[str] | None = None, *, name: str | None = None,
                entrypoint: list[str] | None = None, env: list[str] | None = None,
                workdir: str | None = None, user: str | None = None, hostname: str | None = None,
-               runtime: str | None = None, labels: dict | None = None, network: str = "none",
+               runtime: str | None = None, labels: dict | None = None, network: str | None = None,
                remove: bool = False, stop_signal: str | None = None,
                stop_timeout: int | None = None, run_options: dict | None = None,
                interactive: bool = False, tty: bool = False,
-               console_size: tuple[int, int] | None = None) -> dict:
+               console_size: tuple[int, int] | None = None,
+               ports: list[str] | None = None, dns: list[str] | None = None,
+               dns_search: list[str] | None = None, dns_options: list[str] | None = None,
+               add_hosts: list[str] | None = None, ip: str | None = None,
+               network_aliases: list[str] | None = None) -> dict:
         """Make a container (state "created"): name claimed, snapshot mounted, bundle written.
         `run_options` are the security, resource and storage options from specgen.parse().
         interactive: keep its stdin open for attach clients (-i); tty: give it a pty (-t),
@@ -202,8 +209,10 @@ class Engine:
         from keel.engine import specgen, volumes as _volumes
         from keel.image import bundle as _bundle
 
-        if network not in NETWORKS:
-            raise NotSupported(f"--network {network}: not supported yet (only none and host)")
+        net = _network.plan(self, network, ports=ports, dns=dns, dns_search=dns_search,
+                            dns_options=dns_options, add_hosts=add_hosts, hostname=hostname, ip=ip,
+                            aliases=network_aliases)
+        network = net["requested"]
         if name is not None and not _NAME.match(name):
             raise EngineError(f"invalid container name {name!r}: [a-zA-Z0-9][a-zA-Z0-9_.-]* is allowed")
         if stop_timeout is not None and stop_timeout < 0:
@@ -222,7 +231,7 @@ class Engine:
         all_labels = dict(img_cfg.get("Labels") or {})
         all_labels.update(labels or {})
         options = {"command": list(command or []), "entrypoint": entrypoint, "env": list(env or []),
-                   "workdir": workdir, "user": user, "hostname": hostname, "network": network,
+                   "workdir": workdir, "user": user, "hostname": hostname, "network": network, "net": net,
                    "remove": bool(remove), "stop_signal": stop_sig,
                    "stop_timeout": DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout,
                    "run": specgen.add_image_volumes(
@@ -258,10 +267,7 @@ class Engine:
             _bundle.mkdir_in_root(rootfs, spec["process"]["cwd"])
             linux = spec.setdefault("linux", {})
             linux["cgroupsPath"] = f"{self.cgroup_parent.rstrip('/')}/{cid}"
-            if network == "host":
-                linux["namespaces"] = [ns for ns in linux.get("namespaces", []) if ns["type"] != "network"]
-            elif not any(ns["type"] == "network" for ns in linux.get("namespaces", [])):
-                linux.setdefault("namespaces", []).append({"type": "network"})
+            _network.configure_spec(self, cid, spec, net)
             specgen.apply(spec, options["run"], volumes=self.volumes, rootfs=rootfs, network=network,
                           used_elsewhere=lambda v: _volumes.used_elsewhere(self, v, cid))
             _write_config(self.bundle_dir(cid), spec)
@@ -316,6 +322,7 @@ class Engine:
             for f in ("pidfile", "conmon.pid", "oci-log", "oom"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(bundle, f))
+            _network.setup(self, c)
             try:
                 pid, conmon_pid = monitor.launch(
                     cid=cid, name=c["name"], runtime_path=c["runtime"], runtime_root=self.runtime_root,
@@ -326,6 +333,7 @@ class Engine:
             except MonitorFailed as e:
                 with contextlib.suppress(EngineError):
                     rt.delete(cid, force=True)
+                _network.teardown(self, cid)
                 self.db.update(cid, state="exited" if c["state"] == "exited" else "created", error=str(e))
                 msg = str(e)
                 raise MonitorFailed(msg if msg.startswith(rt.name) else f"{rt.name}: {msg}") from None
@@ -440,6 +448,9 @@ class Engine:
             if c["state"] != "exited":
                 return
             self.runtime(c).delete(c["id"], force=True)
+            errors = _network.teardown(self, c["id"])
+            if errors and not remove:
+                self.db.update(c["id"], error="network teardown: " + errors[0])
             if remove:
                 self._remove_locked(c)
 
@@ -479,6 +490,7 @@ class Engine:
         from keel.engine import exec as exec_
 
         exec_.wait_sessions(self, cid)   # their conmons write in the bundle dir until they exit
+        _network.teardown(self, cid)
         self._discard(cid, volumes)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.runroot, "locks", cid))
