@@ -45,3 +45,17 @@ def test_podman_runs_busybox_in_a_vm_and_gets_its_exit_code(podman_vm, guest_rel
     assert not podman_vm.wait_clean(cid)
     stray = podman_vm.remove_all_containers()
     assert not stray, stray
+
+
+def test_podman_exec_in_a_vm(podman_vm):
+    name = h.unique_name()
+    podman_vm("run", "-d", "--name", name, podman_vm.image, "sleep", "300", check=True, timeout=120)
+    try:
+        r = podman_vm("exec", name, "sh", "-c", "echo $((6*7)); cat /proc/1/cmdline; exit 3", timeout=60)
+        assert r.returncode == 3 and r.stdout.startswith("42\nsleep"), (r.stdout, r.stderr)
+        r = podman_vm("exec", "-t", name, "tty", timeout=60)
+        assert r.returncode == 0 and r.stdout.startswith("/dev/pts/"), (r.stdout, r.stderr)
+    finally:
+        podman_vm("rm", "-f", "-t", "0", name, timeout=60)
+    stray = podman_vm.remove_all_containers()
+    assert not stray, stray

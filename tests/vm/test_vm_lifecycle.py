@@ -127,14 +127,16 @@ def test_kill_mid_boot_leaves_nothing(vm_runtime, vm_bundle):
 
 
 def test_kill_during_run_returns_signal_status(vm_runtime, vm_bundle):
-    vm_bundle.write(["sleep", "300"])
+    vm_bundle.write(["sh", "-c", "sleep 300 & sleep 301 & wait"])
     p = vm_runtime.popen("run", "--bundle", vm_bundle.path, vm_bundle.id,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait(lambda: vm_runtime.raw_state(vm_bundle.id).get("status") == "running", 60)
         pids = vm_runtime.vm_pids(vm_bundle.id)
         assert len(pids) == 3
-        assert vm_runtime("kill", vm_bundle.id, "KILL").returncode == 0
+        e = vm_runtime("exec", vm_bundle.id, "sh", "-c", "ps -o args | grep -c '^sleep 30'")
+        assert e.stdout.strip() == "2", (e.stdout, e.stderr)
+        assert vm_runtime("kill", "--all", vm_bundle.id, "KILL").returncode == 0  # every process
         assert p.wait(timeout=30) == 128 + 9
     finally:
         if p.poll() is None:

@@ -204,24 +204,45 @@ def cmd_ps(opts, args):
 
 
 def cmd_exec(opts, args):
-    from keel.runtime.exec import build_process
     from keel.runtime.errors import RuntimeError_
+    from keel.runtime.exec import build_process
     from keel.vm.guestspec import process_fields
 
     c = _load(opts, args[0])
     status = c.status()
     if status != "running":
         raise VMError(f"cannot exec in container {c.id!r}: it is {status}")
-    if opts.tty or opts.console_socket:
-        raise VMError("exec --tty: terminals for exec are not supported by keel-vm yet")
-    if opts.detach:
-        raise VMError("exec --detach: not supported by keel-vm yet")
+    if opts.preserve_fds not in (None, "0"):
+        raise VMError("--preserve-fds: passing host file descriptors into a VM is not supported")
     try:
         proc = build_process(c, opts, args[1:])
     except RuntimeError_ as e:
         raise VMError(str(e)) from None
     fields = process_fields(proc)
-    s, reader, _ = c.request({"op": "exec", "process": fields}, fds=(0, 1, 2))
+    req = {"op": "exec", "process": fields}
+    if fields["terminal"]:
+        if not opts.console_socket:
+            raise VMError("exec --tty needs --console-socket")
+        req["consoleSocket"] = os.path.abspath(opts.console_socket)
+    s, reader, _ = c.request(req, fds=(0, 1, 2))  # the first reply: started
+    if opts.detach:
+        # The pid in --pid-file must live as long as the process and end with its status
+        # (conmon waits on it): a child that keeps the shim's connection does exactly that.
+        pid = os.fork()
+        if pid == 0:
+            try:
+                reply = read_reply(reader, c.id)
+                from keel.vm.shim import exit_like
+
+                exit_like(reply["exit"])
+            finally:
+                os._exit(255)
+        s.close()
+        if opts.pid_file:
+            from keel.vm.create import _write_pid_file
+
+            _write_pid_file(opts.pid_file, pid)
+        return 0
     try:
         if opts.pid_file:
             from keel.vm.create import _write_pid_file

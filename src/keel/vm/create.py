@@ -55,7 +55,7 @@ def create(root, cid, bundle, console_socket=None, pid_file=None):
     c.data = {"id": cid, "bundle": bundle, "rootfs": rootfs, "created": _now(), "owner": _owner(),
               "annotations": config.get("annotations") or {}, "bootId": boot_id(),
               "status": "creating", "creator": os.getpid(), "creatorStartTime": start, "pid": 0,
-              "hooks": config.get("hooks") or {}}
+              "hooks": config.get("hooks") or {}, "process": config["process"]}
     c.save()
     r, w = os.pipe2(os.O_CLOEXEC)
     from keel.vm.shim import Shim, run_shim

@@ -63,6 +63,7 @@ class Client:
         self.op = None
         self.proc_id = None
         self.stdin_fd = self.out_fd = self.err_fd = None
+        self.tty = False
 
     def reply(self, obj):
         try:
@@ -281,28 +282,36 @@ class Shim:
             return
         import fcntl
         import termios
+
+        os.setsid()  # the host pty becomes our controlling terminal: its SIGWINCH reaches us
+        slave = self._console(self.console_socket, self.console_size)
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        self.tty = slave
+        self.in_fd = self.out_fd = self.err_fd = slave
+
+    def _console(self, path, size):
+        """A host pty whose master goes to the console socket; returns its slave (raw mode)."""
+        import fcntl
+        import termios
         import tty
 
         master, slave = os.openpty()
         tty.setraw(slave)
-        size = self.console_size
         if size:
             import struct
 
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
-        os.setsid()
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            s.connect(self.console_socket)
+            s.connect(path)
             socket.send_fds(s, [os.ttyname(slave).encode()], [master])
-        except OSError as e:
-            raise BootError(f"--console-socket {self.console_socket}: {e.strerror or e}") from None
+        except (OSError, TypeError) as e:
+            os.close(slave)
+            raise BootError(f"--console-socket {path}: {getattr(e, 'strerror', None) or e}") from None
         finally:
             s.close()
             os.close(master)
-        self.tty = slave
-        self.in_fd = self.out_fd = self.err_fd = slave
+        return slave
 
     def _output(self, f):
         pid = f.get("id")
@@ -424,7 +433,10 @@ class Shim:
                 if self.tty is not None:
                     self._resize(INIT_ID, self.tty)
             elif pid in self.by_proc:
-                self.by_proc[pid].reply({"ok": True, "pid": f.get("pid", 0)})
+                cl = self.by_proc[pid]
+                cl.reply({"ok": True, "pid": f.get("pid", 0)})
+                if cl.tty:
+                    self._resize(pid, cl.out_fd)
         elif mtype == P.EXIT:
             status = f.get("status", 255 << 8)
             if pid == INIT_ID:
@@ -510,6 +522,15 @@ class Shim:
                 cl.reply({"error": "exec: expected the caller's stdin, stdout and stderr"})
                 return self._drop(cl, poller)
             cl.stdin_fd, cl.out_fd, cl.err_fd = cl.fds
+            if fields.get("terminal"):
+                try:
+                    slave = self._console(req.get("consoleSocket"), None)
+                except BootError as e:
+                    cl.reply({"error": str(e)})
+                    return self._drop(cl, poller)
+                cl.fds.append(slave)
+                cl.stdin_fd = cl.out_fd = cl.err_fd = slave
+                cl.tty = True
             cl.proc_id = self.next_id
             self.next_id += 1
             self.by_proc[cl.proc_id] = cl
