@@ -4,6 +4,7 @@ Tests that boot a VM carry the `vm` marker (`make test SKIP_VM=1` skips them). O
 host /dev/kvm cannot boot a stock guest, so keel-vm's probe picks TCG and these tests exercise
 the TCG path and the probe's decision only; on a host with working KVM the same tests run on KVM.
 
+  guest_release  session: the guest kernel's release (builds the guest assets when missing)
   vm_runtime   function: keel-vm with a private --root under a short temp dir. After the test
                every container is force-deleted; any QEMU, virtiofsd or shim of ours still alive
                (by the pids in its state, or by our unique root in its command line) is killed by
@@ -151,18 +152,23 @@ class VMRuntime:
 
 
 @pytest.fixture(scope="session")
-def guest_release():
+def guest_release(needs_root):
+    """The guest kernel's release (fetches and builds the guest assets once if missing)."""
     from keel.vm import assets
 
-    if os.geteuid() != 0:
-        pytest.skip("keel-vm tests need root (mount namespaces for the share)")
     if shutil.which("qemu-system-x86_64") is None:
         pytest.fail("qemu-system-x86_64 is not installed (make apt-test installs it)", pytrace=False)
     return assets.ensure().release
 
 
+@pytest.fixture(scope="session")
+def needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("keel-vm tests need root (mount namespaces for the share)")
+
+
 @pytest.fixture
-def vm_runtime(guest_release):
+def vm_runtime(needs_root):
     d = tempfile.mkdtemp(prefix="kvm-", dir="/tmp")
     rt = VMRuntime(os.path.join(d, "root"))
     os.mkdir(rt.root)
@@ -216,3 +222,10 @@ def vm_bundle(tmp_path, base_rootfs, base_config):
     path.mkdir()
     shutil.copytree(base_rootfs, path / "rootfs", symlinks=True)
     return Bundle(str(path), json.loads(json.dumps(base_config)))
+
+
+@pytest.fixture(autouse=True)
+def _vm_assets_first(request):
+    """A VM test starts with the guest built, so a first boot never includes the download."""
+    if request.node.get_closest_marker("vm"):
+        request.getfixturevalue("guest_release")

@@ -372,10 +372,11 @@ class Shim:
                         data = b""
                     if data:
                         self.send(P.STDIN, id=INIT_ID, data=data)
-                    elif self.tty is None:
+                    else:  # EOF, or EIO once the console's master is closed: stop reading
                         poller.unregister(fd)
                         self.stdin_open = False
-                        self.send(P.CLOSE_STDIN, id=INIT_ID)
+                        if self.tty is None:
+                            self.send(P.CLOSE_STDIN, id=INIT_ID)
                 elif fd == self.listener.fileno():
                     conn, _ = self.listener.accept()
                     cl = Client(conn)
