@@ -85,6 +85,11 @@ def test_readonly_root_and_lifecycle_verbs(vm_runtime, vm_bundle):
     e = vm_runtime("exec", vm_bundle.id, "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; exit 4")
     assert e.returncode == 4 and "trap 'exit 9' TERM" in e.stdout, (e.stdout, e.stderr)
     assert _wait(lambda: "Read-only file system" in open(out).read(), 10)
+    assert vm_runtime("pause", vm_bundle.id).returncode == 0
+    assert vm_runtime.state(vm_bundle.id)["status"] == "paused"
+    assert vm_runtime("pause", vm_bundle.id).returncode == 1
+    assert vm_runtime("resume", vm_bundle.id).returncode == 0
+    assert vm_runtime.state(vm_bundle.id)["status"] == "running"
     assert not os.path.exists(os.path.join(vm_bundle.rootfs, "x"))
     listed = json.loads(vm_runtime("list", "--format", "json").stdout)
     assert [c["id"] for c in listed] == [vm_bundle.id]

@@ -27,6 +27,8 @@ Commands:
   list      list containers
   ps        list a container's host processes
   exec      run a new process in a running container
+  pause     stop the container's whole VM
+  resume    continue a paused VM
   spec      write a default config.json
   features  print what this runtime supports, as JSON
 

@@ -279,7 +279,18 @@ def _unsupported(name):
     return cmd
 
 
-cmd_pause = _unsupported("pause")
-cmd_resume = _unsupported("resume")
+def _pause_resume(op):
+    def cmd(opts, args):
+        c = _load(opts, args[0])
+        status, want = c.status(), ("running" if op == "pause" else "paused")
+        if status != want:
+            raise VMError(f"cannot {op} container {c.id!r}: it is {status}, not {want}")
+        s, _, _ = c.request({"op": op}, timeout=30)
+        s.close()
+    return cmd
+
+
+cmd_pause = _pause_resume("pause")  # the whole VM: QEMU's vCPUs stop (QMP stop / cont)
+cmd_resume = _pause_resume("resume")
 cmd_update = _unsupported("update")
 cmd_events = _unsupported("events")

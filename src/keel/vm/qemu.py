@@ -113,6 +113,7 @@ class VM:
             "-chardev", "file,id=con,path=console.log", "-serial", "chardev:con",
             "-device", "virtio-serial-device",
             "-chardev", "socket,id=ctl,path=ctl.sock", "-device", "virtserialport,chardev=ctl,name=keel.ctl",
+            "-qmp", "unix:qmp.sock,server=on,wait=off",
             "-chardev", "socket,id=vfs,path=vfs.sock",
             "-device", f"vhost-user-fs-device,chardev=vfs,tag={SHARE_TAG}",
         ]
@@ -196,7 +197,7 @@ class VM:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
-        for name in ("ctl.sock", "vfs.sock"):
+        for name in ("ctl.sock", "vfs.sock", "qmp.sock"):
             try:
                 os.unlink(os.path.join(self.workdir, name))
             except FileNotFoundError:
@@ -216,3 +217,29 @@ def wait_readable(socks_or_fds, timeout):
         except InterruptedError:
             continue
         return r
+
+
+def qmp(workdir, command, timeout=10):
+    """Run one QMP command (e.g. "stop", "cont") on the VM whose QEMU runs in `workdir`."""
+    import json
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    dfd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        s.connect(f"/proc/self/fd/{dfd}/qmp.sock")
+        reader = s.makefile("rb")
+        reader.readline()  # the greeting
+        for cmd in ("qmp_capabilities", command):
+            s.sendall(json.dumps({"execute": cmd}).encode() + b"\n")
+            while True:  # skip asynchronous events until our answer
+                reply = json.loads(reader.readline() or b"{}")
+                if "return" in reply or "error" in reply or not reply:
+                    break
+            if "return" not in reply:
+                raise VMError(f"QEMU {cmd}: {reply.get('error', {}).get('desc', 'no answer')}")
+    except OSError as e:
+        raise VMError(f"QEMU monitor: {e.strerror or e}") from None
+    finally:
+        os.close(dfd)
+        s.close()

@@ -514,6 +514,22 @@ class Shim:
             self.send(P.SIGNAL, id=INIT_ID, signal=int(req["signal"]), all=1 if req.get("all") else 0)
             cl.reply({"ok": True})
             self._drop(cl, poller)
+        elif op in ("pause", "resume"):
+            from keel.vm.qemu import qmp
+
+            want, have = ("paused", "running") if op == "pause" else ("running", "paused")
+            if self.c.data.get("status") != have:
+                cl.reply({"error": f"cannot {op} container {self.c.id!r}: it is "
+                                   f"{self.c.data.get('status')}, not {have}"})
+                return self._drop(cl, poller)
+            try:
+                qmp(self.vm.workdir, "stop" if op == "pause" else "cont")  # the whole VM stops
+            except VMError as e:
+                cl.reply({"error": str(e)})
+                return self._drop(cl, poller)
+            self._save(status=want)
+            cl.reply({"ok": True})
+            self._drop(cl, poller)
         elif op == "exec":
             if not self.started:
                 cl.reply({"error": f"cannot exec in container {self.c.id!r}: it is not running"})

@@ -50,7 +50,7 @@ class VMContainer(Container):
             return super().status()
         if not self.alive():
             return "stopped"
-        return st if st in ("created", "running", "stopped") else "running"
+        return st if st in ("created", "running", "paused", "stopped") else "running"
 
     def request(self, req, fds=(), timeout=None):
         """Send one request to the shim; returns (socket, its reader, first reply). The caller
