@@ -329,7 +329,6 @@ class Shim:
         self.c.save()
 
     def serve(self):
-        self._open_listener()
         poller = select.poll()
         ctl = self.conn.fileno()
         poller.register(ctl, select.POLLIN)
@@ -636,6 +635,7 @@ def run_shim(shim):
         if shim.creator_fd is not None:
             os.close(shim.creator_fd)
             shim.creator_fd = None
+        shim._open_listener()  # before "ok": a `start` right after create must find shim.sock
         os.write(shim.ready_fd, b"ok\n")
         os.close(shim.ready_fd)
         shim.ready_fd = None
