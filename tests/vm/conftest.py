@@ -86,7 +86,7 @@ class VMRuntime:
         # init does, so a pipe would not reach EOF until the container ends
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             r = subprocess.run(self.argv(*args), stdout=out, stderr=err, timeout=timeout, env=self.env,
-                               stdin=subprocess.DEVNULL if input is None else None, input=input)
+                               **({"stdin": subprocess.DEVNULL} if input is None else {"input": input}))
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(r.args, r.returncode, out.read().decode(),
