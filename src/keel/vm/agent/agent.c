@@ -428,6 +428,34 @@ static const char *getenv_in(char **env, const char *name)
     return NULL;
 }
 
+/* HOME from the container's /etc/passwd when the config sets none (as runc), else "/". */
+static char **with_home(char **env, uid_t uid)
+{
+    if (getenv_in(env, "HOME")) return env;
+    static char home[4200];
+    snprintf(home, sizeof home, "HOME=/");
+    FILE *f = fopen("/etc/passwd", "re");
+    char line[4096];
+    while (f && fgets(line, sizeof line, f)) {
+        char *fields[7] = { 0 }, *p = line;
+        int n = 0;
+        line[strcspn(line, "\n")] = 0;
+        while (n < 7) { fields[n++] = p; p = strchr(p, ':'); if (!p) break; *p++ = 0; }
+        if (n >= 6 && fields[2] && (uid_t)strtoul(fields[2], NULL, 10) == uid && fields[5][0]) {
+            snprintf(home, sizeof home, "HOME=%s", fields[5]);
+            break;
+        }
+    }
+    if (f) fclose(f);
+    size_t n = 0;
+    while (env[n]) n++;
+    char **out = calloc(n + 2, sizeof *out);
+    if (!out) _exit(120);
+    memcpy(out, env, n * sizeof *out);
+    out[n] = home;
+    return out;
+}
+
 /* exec.LookPath as runc does it: the container's PATH, executable regular files only. */
 static char *lookpath(const char *arg0, char **env)
 {
@@ -505,7 +533,7 @@ static void set_caps(struct msg *m)
 }
 
 /* In the child: everything up to the exec. Returns the resolved path; the caller waits for start. */
-static char *setup_child(struct msg *m, int exec_join, char **args, char **env, int console_sock)
+static char *setup_child(struct msg *m, int exec_join, char **args, char ***envp, int console_sock)
 {
     uint32_t ng = 0;
     struct field *groups = &m->f[K_GROUPS];
@@ -548,8 +576,8 @@ static char *setup_child(struct msg *m, int exec_join, char **args, char **env, 
     umask(iget(m, K_UMASK, 022));
     set_caps(m);
     if (iget(m, K_NNP, 0) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail("no_new_privs: %s", strerror(errno));
-    (void)env;
-    return lookpath(args[0], env);
+    *envp = with_home(*envp, iget(m, K_UID, 0));  /* read in the container's root */
+    return lookpath(args[0], *envp);
 }
 
 static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
@@ -621,7 +649,7 @@ static void spawn(struct msg *m, int is_exec)
         setsid();
         if (terminal) close(tsock[0]);
         else { dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2); }
-        char *path = setup_child(m, is_exec, args, env, terminal ? tsock[1] : -1);
+        char *path = setup_child(m, is_exec, args, &env, terminal ? tsock[1] : -1);
         if (!is_exec) {
             /* tell the agent we are ready, then wait for START (EOF: abandoned before start) */
             char c = 0;
