@@ -36,6 +36,22 @@ def choose(assets, cache):
         return forced, f"forced by {ACCEL_ENV}"
     path = os.path.join(cache, "accel.json")
     key = _key(assets)
+    cached = _cached(path, key)
+    if cached:
+        return cached
+    import fcntl
+
+    with open(os.path.join(cache, ".accel.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one probe boot, however many creates ask at once
+        cached = _cached(path, key)
+        if cached:
+            return cached
+        accel, reason = probe(assets, cache)
+        _store(path, key, accel, reason)
+    return accel, reason
+
+
+def _cached(path, key):
     try:
         with open(path) as f:
             got = json.load(f)
@@ -43,12 +59,15 @@ def choose(assets, cache):
             return got["accel"], got["reason"] + " (cached probe)"
     except (OSError, ValueError, KeyError):
         pass
-    accel, reason = probe(assets, cache)
+    return None
+
+
+def _store(path, key, accel, reason):
+    cache = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=".accel-")
     with os.fdopen(fd, "w") as f:
         json.dump({"key": key, "accel": accel, "reason": reason, "probedAt": time.time()}, f)
     os.rename(tmp, path)
-    return accel, reason
 
 
 def probe(assets, cache):
