@@ -79,7 +79,7 @@ def _running(pid):
     return st[st.rindex(b")") + 2:][:1] not in (b"Z", b"X")
 
 
-def test_agent_survives_malformed_frames(agent):
+def test_agent_survives_malformed_frames_and_refuses_bad_create(agent):
     rng = random.Random(6)
     bad = [
         struct.pack(">I", 3) + bytes([P.CREATE, 2, ord("z")]),  # unknown field kind
@@ -96,9 +96,6 @@ def test_agent_survives_malformed_frames(agent):
         agent.send_raw(frame)
     # every bad frame gets at most one ERROR; then the agent still serves
     assert 0 < agent.alive_check() <= len(bad)
-
-
-def test_agent_refuses_bad_create(agent):
     agent.send_raw(P.encode(P.CREATE, id=1, args=["sh\0-c"], env=[], rootfs="none"))
     mtype, f = agent.next()
     assert mtype == P.ERROR and b"NUL" in f["message"]
