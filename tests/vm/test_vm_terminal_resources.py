@@ -5,6 +5,7 @@ import os
 import select
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -83,3 +84,16 @@ def test_memory_limit_and_cpu_quota_size_the_vm(vm_runtime, vm_bundle):
     assert (vm["memoryMiB"], vm["vcpus"]) == (200 + 96, vcpus)
     assert vm_runtime("delete", vm_bundle.id).returncode == 0
     json.dumps(vm)
+
+
+def test_run_terminal_on_our_own_tty(vm_runtime, vm_bundle):
+    """`run` of a terminal container without --console-socket uses the caller's terminal."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "interop"))
+    import interop_helpers as h
+
+    vm_bundle.config["process"]["terminal"] = True
+    vm_bundle.write(["sh"])
+    out, code = h.run_in_pty(vm_runtime.argv("run", "--bundle", vm_bundle.path, vm_bundle.id),
+                             b"tty; echo t-$((6*7)); exit 6\r", env=vm_runtime.env, timeout=120)
+    assert code == 6, out
+    assert b"/dev/pts/" in out and b"t-42" in out, out

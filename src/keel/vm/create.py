@@ -26,8 +26,9 @@ def _owner():
         return str(os.geteuid())
 
 
-def create(root, cid, bundle, console_socket=None, pid_file=None):
-    """Returns the created VMContainer; its shim (a child of this process) holds the VM."""
+def create(root, cid, bundle, console_socket=None, pid_file=None, terminal_on_stdio=False):
+    """Returns the created VMContainer; its shim (a child of this process) holds the VM.
+    `terminal_on_stdio` (foreground run): a terminal container uses our own stdio as its tty."""
     check_id(cid)
     bundle = os.path.abspath(bundle)
     try:
@@ -38,7 +39,7 @@ def create(root, cid, bundle, console_socket=None, pid_file=None):
     rootfs = os.path.normpath(os.path.join(bundle, rootfs))
     if not os.path.isdir(rootfs):
         raise VMError(f"root.path: {rootfs}: not a directory")
-    if (config.get("process") or {}).get("terminal") and not console_socket:
+    if (config.get("process") or {}).get("terminal") and not console_socket and not terminal_on_stdio:
         raise VMError("process.terminal is set: --console-socket is required")
     share = Share()
     fields = create_fields(config, share, log.warn)
@@ -115,18 +116,37 @@ def run(root, cid, bundle, console_socket=None, pid_file=None, detach=False, kee
     from keel.runtime import attach
     from keel.vm.commands import delete, start
 
-    c = create(root, cid, bundle, console_socket=console_socket, pid_file=pid_file)
+    c = create(root, cid, bundle, console_socket=console_socket, pid_file=pid_file,
+               terminal_on_stdio=not detach and not console_socket)
     forwarder = None if detach else attach.Forwarder(c.pid)
+    raw = None
+    if not detach and c.data["process"].get("terminal") and not console_socket and os.isatty(0):
+        import termios
+        import tty
+
+        raw = termios.tcgetattr(0)
+        tty.setraw(0)  # the guest's pty does the line discipline; ours passes keys through
     try:
         start(c)
     except BaseException:
         if forwarder is not None:
             forwarder.restore()
+        _restore_tty(raw)
         delete(c, force=True)
         raise
     if detach:
         return 0
-    code = attach.wait(c.pid, None, forwarder)
+    try:
+        code = attach.wait(c.pid, None, forwarder)
+    finally:
+        _restore_tty(raw)
     if not keep:
         delete(VMContainer.load(root, cid), force=True)
     return code
+
+
+def _restore_tty(saved):
+    if saved is not None:
+        import termios
+
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)

@@ -360,8 +360,8 @@ class Shim:
                     self._drain_sigpipe()
                     sigs, self.pending_signals = self.pending_signals, []
                     for s in sigs:
-                        if s == signal.SIGWINCH and self.tty is not None:
-                            self._resize(INIT_ID, self.tty)
+                        if s == signal.SIGWINCH and self.fields.get("terminal"):
+                            self._resize(INIT_ID, self.tty if self.tty is not None else 0)
                         else:
                             self.send(P.SIGNAL, id=INIT_ID, signal=int(s), all=0)
                 elif fd == self.in_fd and self.stdin_open:
@@ -430,8 +430,8 @@ class Shim:
                     self.start_client.reply({"ok": True})
                     self._drop(self.start_client, poller)
                     self.start_client = None
-                if self.tty is not None:
-                    self._resize(INIT_ID, self.tty)
+                if self.fields.get("terminal"):
+                    self._resize(INIT_ID, self.tty if self.tty is not None else 0)
             elif pid in self.by_proc:
                 cl = self.by_proc[pid]
                 cl.reply({"ok": True, "pid": f.get("pid", 0)})
