@@ -126,7 +126,7 @@ def main():
         sample([keel_vm, "--root", vm_root, "run", "--bundle", bundle, "warmup"], cold_env)
         subprocess.run([keel_vm, "--root", vm_root, "run", "--bundle", bundle, "keeper"], env=warm_env,
                        stdout=subprocess.DEVNULL, check=True)  # starts the pool keeper
-        for i in range(args.iterations):
+        for _ in range(args.iterations):
             cid = uuid.uuid4().hex[:8]
             results["keel-runtime"].append(sample([keel_rt, "--root", rt_root, "run", "--bundle", bundle, "r" + cid], cold_env))
             results["keel-vm cold"].append(sample([keel_vm, "--root", vm_root, "run", "--bundle", bundle, "c" + cid], cold_env))

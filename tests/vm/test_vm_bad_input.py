@@ -4,8 +4,6 @@ and nothing left under --root. No VM is booted here (no `vm` marker)."""
 import json
 import os
 
-import pytest
-
 from keel.vm.guestspec import vm_size
 
 

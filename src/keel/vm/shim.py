@@ -345,7 +345,7 @@ class Shim:
                 events = poller.poll()
             except InterruptedError:
                 continue
-            for fd, ev in events:
+            for fd, _ev in events:
                 if fd == ctl:
                     data = self.conn.recv(262144)
                     if not data:
