@@ -69,14 +69,17 @@ def test_terminal_via_console_socket(vm_runtime, vm_bundle, tmp_path):
         listener.close()
 
 
-def test_memory_limit_and_cpu_quota_size_the_vm(vm_runtime, vm_bundle):
+def test_resources_size_the_vm_and_limit_the_guest_cgroup(vm_runtime, vm_bundle):
     limit = 200 << 20
-    vm_bundle.config["linux"]["resources"] = {"memory": {"limit": limit},
+    vm_bundle.config["linux"]["resources"] = {"memory": {"limit": limit}, "pids": {"limit": 50},
                                               "cpu": {"quota": 200000, "period": 100000}}
-    vm_bundle.write(["sh", "-c", "grep MemTotal /proc/meminfo; nproc"])
+    vm_bundle.write(["sh", "-c", "cat /proc/self/cgroup /sys/fs/cgroup/pids.max /sys/fs/cgroup/memory.max "
+                     "/sys/fs/cgroup/cpu.max; grep MemTotal /proc/meminfo; nproc"])
     r = vm_runtime("run", "--keep", "--bundle", vm_bundle.path, vm_bundle.id)
     assert r.returncode == 0, r.stderr
-    mem_kib = int(r.stdout.split()[1])
+    # the limits also hold inside the guest, in the container's own cgroup (its cgroup ns root)
+    assert r.stdout.splitlines()[:4] == ["0::/", "50", str(limit), "200000 100000"], r.stdout
+    mem_kib = int(r.stdout.split("MemTotal:")[1].split()[0])
     assert limit // 1024 < mem_kib <= (limit >> 10) + 96 * 1024, r.stdout
     vcpus = min(2, os.cpu_count())
     assert r.stdout.split()[-1] == str(vcpus)

@@ -25,8 +25,36 @@ def ignored(config):
     """The parts of `config` that keel-vm leaves to the VM boundary (logged with --debug)."""
     out = [f"{a}.{b}" for a, b in _IGNORED if (config.get(a) or {}).get(b) is not None]
     res = (config.get("linux") or {}).get("resources") or {}
-    out += [f"linux.resources.{k}" for k in res if k not in ("memory", "cpu") and res[k]]
+    out += [f"linux.resources.{k}" for k in res if k not in ("memory", "cpu", "pids", "unified") and res[k]]
+    out += [f"linux.resources.cpu.{k}" for k in ("cpus", "mems", "realtimeRuntime", "realtimePeriod")
+            if (res.get("cpu") or {}).get(k)]
     return out
+
+
+def guest_cgroup(config):
+    """linux.resources as cgroup v2 files of the container's cgroup in the guest: (names, values)."""
+    from keel.kernel.cgroups import shares_to_weight
+
+    res = (config.get("linux") or {}).get("resources") or {}
+    out = {}
+    mem = res.get("memory") or {}
+    if mem.get("limit") is not None and mem["limit"] > 0:
+        out["memory.max"] = str(mem["limit"])
+    if mem.get("reservation") is not None and mem["reservation"] > 0:
+        out["memory.low"] = str(mem["reservation"])
+    pids = res.get("pids") or {}
+    if pids.get("limit") is not None:
+        out["pids.max"] = str(pids["limit"]) if pids["limit"] > 0 else "max"
+    cpu = res.get("cpu") or {}
+    if cpu.get("quota") is not None and cpu["quota"] > 0:
+        out["cpu.max"] = f"{cpu['quota']} {cpu.get('period') or 100000}"
+    if cpu.get("shares"):
+        out["cpu.weight"] = str(shares_to_weight(cpu["shares"]))
+    for k, v in (res.get("unified") or {}).items():
+        if "/" in k or k.startswith("."):
+            raise VMError(f"linux.resources.unified: {k!r} is not a cgroup file name")
+        out[k] = v
+    return list(out), [out[k] for k in out]
 _GUEST_NS = ("pid", "mount", "ipc", "uts", "cgroup", "network")
 _MASK = (1 << 64) - 1
 
@@ -116,6 +144,7 @@ def create_fields(config, share, warn):
     size = config["process"].get("consoleSize")
     if size and config["process"].get("terminal"):
         fields["console_size"] = (size.get("height", 0), size.get("width", 0))  # for the shim, not the wire
+    fields["cg_key"], fields["cg_val"] = guest_cgroup(config)
     fields.update(rootfs="rootfs", readonly=1 if config["root"].get("readonly") else 0,
                   hostname=config.get("hostname") or "", nsflags=namespaces(config, warn))
     if config.get("domainname"):

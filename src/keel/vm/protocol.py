@@ -49,7 +49,8 @@ FIELDS = {
     "sysctl_val": (30, LIST), "data": (31, BYTES), "stream": (32, INT), "signal": (33, INT),
     "all": (34, INT), "rows": (35, INT), "cols": (36, INT), "pid": (37, INT), "status": (38, INT),
     "message": (39, BYTES), "version": (40, INT), "kernel": (41, BYTES), "dev_path": (42, LIST),
-    "dev_spec": (43, INTS), "mnt_prop": (44, INTS), "umask": (45, INT),
+    "dev_spec": (43, INTS), "mnt_prop": (44, INTS), "umask": (45, INT), "cg_key": (46, LIST),
+    "cg_val": (47, LIST),
 }
 _BY_KEY = {key: (name, kind) for name, (key, kind) in FIELDS.items()}
 _I64 = struct.Struct(">q")

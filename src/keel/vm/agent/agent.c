@@ -43,6 +43,7 @@
 #define MAX_FRAME (16u << 20)
 #define MAX_PROCS 64
 #define SHARE "/keel/share"
+#define CGROUP "/sys/fs/cgroup/container" /* the container's cgroup in the guest (one per VM) */
 
 /* message types */
 enum { M_CREATE = 1, M_START = 2, M_EXEC = 3, M_STDIN = 4, M_CLOSE_STDIN = 5, M_SIGNAL = 6,
@@ -54,7 +55,7 @@ enum { K_ID = 1, K_ARGS, K_ENV, K_CWD, K_UID, K_GID, K_GROUPS, K_ROOTFS, K_READO
        K_RL_HARD, K_CAP_BND, K_CAP_EFF, K_CAP_PRM, K_CAP_INH, K_CAP_AMB, K_NNP, K_TERMINAL,
        K_MASKED, K_RO_PATHS, K_SYSCTL_KEY, K_SYSCTL_VAL, K_DATA, K_STREAM, K_SIGNAL, K_ALL,
        K_ROWS, K_COLS, K_PID, K_STATUS, K_MESSAGE, K_VERSION, K_KERNEL, K_DEV_PATH, K_DEV_SPEC,
-       K_MNT_PROP, K_UMASK, K_MAX };
+       K_MNT_PROP, K_UMASK, K_CG_KEY, K_CG_VAL, K_MAX };
 enum { T_INT = 'i', T_BYTES = 'b', T_LIST = 'l', T_INTS = 'n' };
 
 struct field { int kind; const unsigned char *p; uint32_t len; uint32_t count; int64_t i; };
@@ -256,6 +257,13 @@ static void boot(void)
     mkdir("/dev/pts", 0755);
     mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
     mkdir("/keel", 0755); mkdir(SHARE, 0755);
+    /* cgroup v2 for the container's resource limits inside the guest */
+    mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    static const char *ctrls[] = { "+cpu", "+memory", "+pids", "+io" };
+    for (size_t i = 0; i < sizeof ctrls / sizeof ctrls[0]; i++) {
+        int fd = open("/sys/fs/cgroup/cgroup.subtree_control", O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) { (void)!write(fd, ctrls[i], strlen(ctrls[i])); close(fd); }
+    }
     load_modules();
     char dev[64];
     for (int i = 0; i < 2000; i++) { /* the port appears once virtio_console has probed */
@@ -607,7 +615,29 @@ static void spawn(struct msg *m, int is_exec)
     if (pipe2(rdy, O_CLOEXEC) < 0 || pipe2(go, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
         send_error(id, "pipe: %s", strerror(errno)); p->used = 0; return;
     }
+    if (!is_exec) {
+        uint32_t nk = 0, nv = 0;
+        char **keys = lget(m, K_CG_KEY, &nk), **vals = lget(m, K_CG_VAL, &nv);
+        if (!keys || !vals || nk != nv) { send_error(id, "cgroup: malformed message"); p->used = 0; return; }
+        if (mkdir(CGROUP, 0755) < 0 && errno != EEXIST) {
+            send_error(id, "cgroup %s: %s", CGROUP, strerror(errno)); p->used = 0; return;
+        }
+        for (uint32_t i = 0; i < nk; i++) {
+            char path[512];
+            if (strchr(keys[i], '/') || keys[i][0] == '.') { send_error(id, "cgroup file %s: not a plain name", keys[i]); p->used = 0; return; }
+            snprintf(path, sizeof path, CGROUP "/%s", keys[i]);
+            int fd = open(path, O_WRONLY | O_CLOEXEC);
+            if (fd < 0 || write(fd, vals[i], strlen(vals[i])) < 0) {
+                send_error(id, "linux.resources: write %s to %s in the guest: %s", vals[i], keys[i], strerror(errno));
+                if (fd >= 0) close(fd);
+                p->used = 0; return;
+            }
+            close(fd);
+        }
+    }
     int nsflags = is_exec ? 0 : iget(m, K_NSFLAGS, 0);
+    int cgroupns = nsflags & CLONE_NEWCGROUP;
+    nsflags &= ~CLONE_NEWCGROUP; /* unshared after joining the cgroup: it becomes the ns root */
     int root_fd = -1;
     if (is_exec) {
         char path[64];
@@ -622,6 +652,10 @@ static void spawn(struct msg *m, int is_exec)
         close(rdy[0]); close(go[1]); close(errp[0]);
         sigset_t all; sigemptyset(&all); sigprocmask(SIG_SETMASK, &all, NULL);
         for (int s = 1; s < 32; s++) signal(s, SIG_DFL);
+        int cfd = open(CGROUP "/cgroup.procs", O_WRONLY | O_CLOEXEC);
+        if (cfd < 0 || write(cfd, "0", 1) < 0) fail("join the container's cgroup: %s", strerror(errno));
+        close(cfd);
+        if (cgroupns && unshare(CLONE_NEWCGROUP) < 0) fail("cgroup namespace: %s", strerror(errno));
         if (is_exec) {
             static const char *nss[] = { "ipc", "uts", "net", "pid", "cgroup", "mnt" };
             for (size_t i = 0; i < sizeof nss / sizeof nss[0]; i++) {
