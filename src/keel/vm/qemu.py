@@ -171,8 +171,10 @@ class VM:
         lines = []
         for name in ("qemu.log", "console.log"):
             try:
-                with open(os.path.join(self.workdir, name), errors="replace") as f:
-                    lines += [ln.strip() for ln in f.read().splitlines()[-40:] if ln.strip()]
+                with open(os.path.join(self.workdir, name), "rb") as f:
+                    f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))  # a panic's trace is long
+                    text = f.read().decode(errors="replace")
+                lines += [ln.strip() for ln in text.splitlines() if ln.strip()]
             except OSError:
                 pass
         for ln in lines:
