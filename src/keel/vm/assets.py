@@ -70,7 +70,12 @@ def _fetch_kernel(cache):
     """Download and unpack the cloud kernel; returns its release (e.g. 6.1.0-56-cloud-amd64)."""
     work = tempfile.mkdtemp(prefix=".fetch-", dir=cache)
     try:
-        _run(["apt-get", "download", KERNEL_PACKAGE], "fetch the guest kernel", cwd=work)
+        try:
+            _run(["apt-get", "download", KERNEL_PACKAGE], "fetch the guest kernel", cwd=work)
+        except VMError:
+            # package lists missing or stale (a fresh machine, a point release since): refresh once
+            _run(["apt-get", "update"], "refresh the package lists")
+            _run(["apt-get", "download", KERNEL_PACKAGE], "fetch the guest kernel", cwd=work)
         meta = [f for f in os.listdir(work) if f.endswith(".deb")][0]
         depends = _run(["dpkg-deb", "-f", os.path.join(work, meta), "Depends"], "read " + meta)
         image = next((d.strip().split()[0] for d in depends.split(",")
