@@ -88,6 +88,10 @@ def test_readonly_root_and_lifecycle_verbs(vm_runtime, vm_bundle):
     e = vm_runtime("exec", vm_bundle.id, "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; exit 4")
     assert e.returncode == 4 and "trap 'exit 9' TERM" in e.stdout, (e.stdout, e.stderr)
     assert _wait(lambda: "Read-only file system" in open(out).read(), 10)
+    assert vm_runtime("update", "--pids-limit", "77", vm_bundle.id).returncode == 0  # guest cgroup
+    assert vm_runtime("exec", vm_bundle.id, "cat", "/sys/fs/cgroup/pids.max").stdout == "77\n"
+    r = vm_runtime("update", "--memory", "64g", vm_bundle.id)
+    assert r.returncode == 1 and "more than the VM's" in r.stderr
     assert vm_runtime("pause", vm_bundle.id).returncode == 0
     assert vm_runtime.state(vm_bundle.id)["status"] == "paused"
     assert vm_runtime("pause", vm_bundle.id).returncode == 1

@@ -29,6 +29,7 @@ Commands:
   exec      run a new process in a running container
   pause     stop the container's whole VM
   resume    continue a paused VM
+  update    change the limits of the container's cgroup in the guest
   spec      write a default config.json
   features  print what this runtime supports, as JSON
 

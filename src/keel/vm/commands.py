@@ -292,5 +292,33 @@ def _pause_resume(op):
 
 cmd_pause = _pause_resume("pause")  # the whole VM: QEMU's vCPUs stop (QMP stop / cont)
 cmd_resume = _pause_resume("resume")
-cmd_update = _unsupported("update")
+def cmd_update(opts, args):
+    """New limits for the container's cgroup in the guest. The VM's own size (memory, vCPUs)
+    is fixed at boot: a memory limit beyond it is refused."""
+    from keel.runtime.errors import RuntimeError_
+    from keel.runtime.update import resources_from
+    from keel.vm.guestspec import guest_cgroup
+
+    c = _load(opts, args[0])
+    status = c.status()
+    if status not in ("created", "running"):
+        raise VMError(f"cannot update container {c.id!r}: it is {status}")
+    try:
+        res = resources_from(opts)
+    except RuntimeError_ as e:
+        raise VMError(str(e)) from None
+    vm_mib = (c.data.get("vm") or {}).get("memoryMiB", 0)
+    limit = (res.get("memory") or {}).get("limit")
+    if limit and limit > 0 and vm_mib and limit > vm_mib << 20:
+        raise VMError(f"--memory {limit}: more than the VM's {vm_mib} MiB (fixed when it booted)")
+    unsupported = sorted(k for k in res if k not in ("memory", "cpu", "pids", "unified") and res[k])
+    unsupported += [f"cpu.{k}" for k in ("cpus", "mems", "realtimeRuntime", "realtimePeriod")
+                    if (res.get("cpu") or {}).get(k)]
+    if unsupported:
+        raise VMError(f"update: {', '.join(unsupported)} cannot be changed inside a keel-vm guest")
+    keys, values = guest_cgroup({"linux": {"resources": res}})
+    if not keys:
+        return 0
+    s, _, _ = c.request({"op": "update", "cg_key": keys, "cg_val": values}, timeout=30)
+    s.close()
 cmd_events = _unsupported("events")

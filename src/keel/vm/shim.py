@@ -446,6 +446,10 @@ class Shim:
             if cl is not None:
                 cl.reply({"exit": status})
                 self._drop(cl, poller)
+        elif mtype == P.DONE and pid in self.by_proc:
+            cl = self.by_proc.pop(pid)
+            cl.reply({"ok": True})
+            self._drop(cl, poller)
         elif mtype == P.ERROR:
             msg = f.get("message", b"").decode(errors="replace")
             if pid == INIT_ID and self.start_client:
@@ -529,6 +533,11 @@ class Shim:
             self._save(status=want)
             cl.reply({"ok": True})
             self._drop(cl, poller)
+        elif op == "update":
+            cl.proc_id = self.next_id  # the answer (DONE or ERROR) comes back under this id
+            self.next_id += 1
+            self.by_proc[cl.proc_id] = cl
+            self.send(P.UPDATE, id=cl.proc_id, cg_key=req["cg_key"], cg_val=req["cg_val"])
         elif op == "exec":
             if not self.started:
                 cl.reply({"error": f"cannot exec in container {self.c.id!r}: it is not running"})

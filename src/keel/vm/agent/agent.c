@@ -47,8 +47,8 @@
 
 /* message types */
 enum { M_CREATE = 1, M_START = 2, M_EXEC = 3, M_STDIN = 4, M_CLOSE_STDIN = 5, M_SIGNAL = 6,
-       M_RESIZE = 7, M_SHUTDOWN = 8,
-       M_HELLO = 64, M_READY = 65, M_STARTED = 66, M_OUTPUT = 67, M_EXIT = 68, M_ERROR = 69 };
+       M_RESIZE = 7, M_SHUTDOWN = 8, M_UPDATE = 9,
+       M_HELLO = 64, M_READY = 65, M_STARTED = 66, M_OUTPUT = 67, M_EXIT = 68, M_ERROR = 69, M_DONE = 70 };
 /* field keys */
 enum { K_ID = 1, K_ARGS, K_ENV, K_CWD, K_UID, K_GID, K_GROUPS, K_ROOTFS, K_READONLY, K_HOSTNAME,
        K_NSFLAGS, K_MNT_TYPE, K_MNT_SRC, K_MNT_DST, K_MNT_FLAGS, K_MNT_DATA, K_RL_TYPE, K_RL_SOFT,
@@ -590,6 +590,29 @@ static char *setup_child(struct msg *m, int exec_join, char **args, char ***envp
 
 static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
+/* linux.resources as cgroup files of the container's cgroup; an ERROR is sent on failure. */
+static int write_cgroup(struct msg *m, uint32_t id)
+{
+    uint32_t nk = 0, nv = 0;
+    char **keys = lget(m, K_CG_KEY, &nk), **vals = lget(m, K_CG_VAL, &nv);
+    if (!keys || !vals || nk != nv) { send_error(id, "cgroup: malformed message"); return -1; }
+    for (uint32_t i = 0; i < nk; i++) {
+        char path[512];
+        if (strchr(keys[i], '/') || keys[i][0] == '.' || !keys[i][0]) {
+            send_error(id, "cgroup file %s: not a plain name", keys[i]); return -1;
+        }
+        snprintf(path, sizeof path, CGROUP "/%s", keys[i]);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, vals[i], strlen(vals[i])) < 0) {
+            send_error(id, "linux.resources: write %s to %s in the guest: %s", vals[i], keys[i], strerror(errno));
+            if (fd >= 0) close(fd);
+            return -1;
+        }
+        close(fd);
+    }
+    return 0;
+}
+
 /* CREATE (stopped before exec, waits for START) and EXEC (runs at once, in the init's namespaces). */
 static void spawn(struct msg *m, int is_exec)
 {
@@ -616,24 +639,10 @@ static void spawn(struct msg *m, int is_exec)
         send_error(id, "pipe: %s", strerror(errno)); p->used = 0; return;
     }
     if (!is_exec) {
-        uint32_t nk = 0, nv = 0;
-        char **keys = lget(m, K_CG_KEY, &nk), **vals = lget(m, K_CG_VAL, &nv);
-        if (!keys || !vals || nk != nv) { send_error(id, "cgroup: malformed message"); p->used = 0; return; }
         if (mkdir(CGROUP, 0755) < 0 && errno != EEXIST) {
             send_error(id, "cgroup %s: %s", CGROUP, strerror(errno)); p->used = 0; return;
         }
-        for (uint32_t i = 0; i < nk; i++) {
-            char path[512];
-            if (strchr(keys[i], '/') || keys[i][0] == '.') { send_error(id, "cgroup file %s: not a plain name", keys[i]); p->used = 0; return; }
-            snprintf(path, sizeof path, CGROUP "/%s", keys[i]);
-            int fd = open(path, O_WRONLY | O_CLOEXEC);
-            if (fd < 0 || write(fd, vals[i], strlen(vals[i])) < 0) {
-                send_error(id, "linux.resources: write %s to %s in the guest: %s", vals[i], keys[i], strerror(errno));
-                if (fd >= 0) close(fd);
-                p->used = 0; return;
-            }
-            close(fd);
-        }
+        if (write_cgroup(m, id) < 0) { p->used = 0; return; }
     }
     int nsflags = is_exec ? 0 : iget(m, K_NSFLAGS, 0);
     int cgroupns = nsflags & CLONE_NEWCGROUP;
@@ -846,6 +855,9 @@ static void handle(struct msg *m)
             struct winsize ws = { iget(m, K_ROWS, 24), iget(m, K_COLS, 80), 0, 0 };
             ioctl(p->pty, TIOCSWINSZ, &ws);
         }
+        break;
+    case M_UPDATE:
+        if (write_cgroup(m, id) == 0) { begin(M_DONE); f_int(K_ID, id); send_frame(); }
         break;
     case M_SHUTDOWN:
         sync();
