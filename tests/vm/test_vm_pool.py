@@ -38,9 +38,14 @@ def _run_kept(vm_runtime, vm_bundle, cid, log):
 def test_warm_pool_serves_each_vm_once(vm_runtime, vm_bundle, tmp_path):
     vm_runtime.env.update(KEEL_VM_POOL_SIZE="1", KEEL_VM_POOL_IDLE="30")
     log = str(tmp_path / "debug.log")
+    stale = os.path.join(vm_runtime.root, pool.POOL_DIR, "0-1")  # a holder of a keeper long gone
+    os.makedirs(stale)
+    with open(os.path.join(stale, "holder.pid"), "w") as f:
+        f.write("999999999 1\n")
     first = _run_kept(vm_runtime, vm_bundle, vm_bundle.id + "a", log)
     assert first["path"] == "cold"  # no keeper yet: this create started it
     _wait_ready(vm_runtime.root)
+    assert not os.path.exists(stale)  # the new keeper removed it
     second = _run_kept(vm_runtime, vm_bundle, vm_bundle.id + "b", log)
     assert second["path"] == "warm" and "path=warm" in open(log).read()
     _wait_ready(vm_runtime.root)

@@ -253,6 +253,10 @@ def _holder(pool, vmid, assets, accel, memory_mib, vcpus, ready_w):
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)  # unclaimed: dies with its keeper
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the keeper's stop: clean up
         os.mkdir(d, 0o700)
+        from keel.runtime.state import proc_start_time
+
+        with open(os.path.join(d, "holder.pid"), "w") as f:  # lets a later keeper spot it stale
+            f.write(f"{os.getpid()} {proc_start_time(os.getpid())[0]}\n")
         libc.unshare(NAMESPACE_FLAGS["mount"])
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
         os.mkdir(share)
@@ -334,6 +338,7 @@ def keeper_main(argv=None):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return  # another keeper serves this root
+    _remove_stale(pool)
     cache = vm_assets.cache_dir()
     assets = vm_assets.ensure(cache)
     accel, _ = vm_accel.choose(assets, cache)
@@ -417,6 +422,25 @@ def keeper_main(argv=None):
             os.rmdir(pool)  # only when empty: claimed VMs' holders remove their own dirs
         except OSError:
             pass
+
+
+def _remove_stale(pool):
+    """Directories of holders that no longer run (a keeper killed outright, a host reboot)."""
+    import shutil
+
+    from keel.runtime.state import proc_start_time
+
+    for name in os.listdir(pool):
+        d = os.path.join(pool, name)
+        if not os.path.isdir(d):
+            continue
+        try:
+            with open(os.path.join(d, "holder.pid")) as f:
+                pid, start = (int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            pid, start = 0, None
+        if not pid or proc_start_time(pid)[0] != start:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _alive(pid):
