@@ -607,6 +607,15 @@ class Shim:
                 pass
 
 
+def _close_inherited(*keep):
+    """Only stdio, our pipe to create and the --log file stay open in the long-lived shim: an
+    fd our caller leaked to create must not be held open for the container's whole life."""
+    keep = sorted({0, 1, 2, *keep} | ({log._fd} if getattr(log, "_fd", None) is not None else set()))
+    for lo, hi in zip(keep, keep[1:] + [os.sysconf("SC_OPEN_MAX")]):
+        if hi > lo + 1:
+            os.closerange(lo + 1, hi)
+
+
 def exit_like(status):
     """Leave the process the way the container process left: same signal, or same code."""
     if os.WIFSIGNALED(status):
@@ -630,6 +639,7 @@ def run_shim(shim):
     """The forked child's whole life; never returns."""
     status = 255 << 8
     try:
+        _close_inherited(shim.ready_fd)
         shim.creator_fd = os.pidfd_open(shim.creator_pid) if shim.creator_pid else None
         shim._signals()
         shim.boot_and_create()
