@@ -39,7 +39,7 @@ def test_guest_kernel_isolation_writes_and_exit_code(vm_runtime, vm_bundle, gues
         vm_bundle.config["mounts"] += [
             {"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]},
             {"destination": "/ro", "type": "bind", "source": data, "options": ["rbind", "ro"]}]
-        vm_bundle.write(["sh", "-c", "read l; uname -r; echo \"in:$l\"; echo \"home:$HOME\"; ps -o args; echo written > /from-guest; "
+        vm_bundle.write(["sh", "-c", "read l; uname -r; echo \"in:$l\"; echo \"home:$HOME\"; echo lo:$(cat /sys/class/net/lo/flags); ps -o args; echo written > /from-guest; "
                          "cat /data/in >&2; echo out > /data/out; touch /ro/no 2>/dev/null || "
                          "echo ro-refused >&2; head -c 300000 /dev/zero | tr '\\0' x; exit 7"], readonly=False)
         r = vm_runtime("run", "--bundle", vm_bundle.path, vm_bundle.id, input=b"piped-in\n")
@@ -51,6 +51,7 @@ def test_guest_kernel_isolation_writes_and_exit_code(vm_runtime, vm_bundle, gues
     assert lines[0] == guest_release and lines[0] != os.uname().release
     assert lines[1] == "in:piped-in"  # stdin reaches the process in the guest
     assert lines[2] == "home:/root"  # HOME from the container's /etc/passwd, as runc
+    assert lines[3] == "lo:0x9"  # its own network namespace, loopback up
     assert lines[-1] == "x" * 300000  # bulk output arrives whole
     assert "1000.4242" not in r.stdout  # host processes are invisible
     assert any("ps -o args" in ln for ln in lines)  # ...while the container's own are there

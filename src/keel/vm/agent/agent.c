@@ -38,6 +38,7 @@
 #include <termios.h>
 #include <unistd.h>
 #include <linux/capability.h>
+#include <net/if.h>
 
 #define PROTOCOL_VERSION 1
 #define MAX_FRAME (16u << 20)
@@ -436,6 +437,20 @@ static const char *getenv_in(char **env, const char *name)
     return NULL;
 }
 
+/* A new network namespace starts with lo down; containers expect it up (as runc does). */
+static void loopback_up(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (s >= 0 && ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    if (s >= 0) close(s);
+}
+
 /* HOME from the container's /etc/passwd when the config sets none (as runc), else "/". */
 static char **with_home(char **env, uid_t uid)
 {
@@ -546,6 +561,7 @@ static char *setup_child(struct msg *m, int exec_join, char **args, char ***envp
     uint32_t ng = 0;
     struct field *groups = &m->f[K_GROUPS];
     if (!exec_join) {
+        loopback_up();
         char *rootfs = sget(m, K_ROOTFS);
         char root[4096];
         snprintf(root, sizeof root, SHARE "/%s", rootfs);
