@@ -313,6 +313,9 @@ static void fail(const char *fmt, ...)
 static void mkdirs(const char *path, mode_t mode)
 {
     char buf[4096];
+    /* most mount points exist already: one call, not one per component (each can be a round
+     * trip to virtiofsd) */
+    if (mkdir(path, mode) == 0 || errno == EEXIST) return;
     snprintf(buf, sizeof buf, "%s", path);
     for (char *p = buf + 1; *p; p++)
         if (*p == '/') { *p = 0; mkdir(buf, mode); *p = '/'; }
