@@ -4,6 +4,8 @@ and nothing left under --root. No VM is booted here (no `vm` marker)."""
 import json
 import os
 
+import pytest
+
 from keel.vm.guestspec import vm_size
 
 
@@ -86,3 +88,18 @@ def test_version_and_spec(vm_runtime, tmp_path):
 def test_in_container_hooks_refused(vm_runtime, vm_bundle):
     vm_bundle.config["hooks"] = {"createContainer": [{"path": "/bin/true"}]}
     _assert_refused(_create(vm_runtime, vm_bundle), vm_runtime, vm_bundle, "hooks.createContainer", "inside the VM")
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c["process"].update(args=["sh", "-c", "true\u0000evil"]), ["process.args[2]", "NUL"]),
+    (lambda c: c["process"].update(env=["A=b\u0000c"]), ["process.env[0]", "NUL"]),
+    (lambda c: c["linux"].update(sysctl={"../../sysrq-trigger": "c"}), ["linux.sysctl", "not a sysctl name"]),
+    (lambda c: c["linux"].update(maskedPaths=["/proc/../etc"]), ["linux.maskedPaths[0]"]),
+    (lambda c: c["linux"].update(readonlyPaths=["relative"]), ["linux.readonlyPaths[0]"]),
+    (lambda c: c["mounts"].append({"destination": "/a/../../b", "type": "tmpfs", "source": "tmpfs"}),
+     ["destination", ".."]),
+    (lambda c: c["linux"].update(resources={"unified": {"../memory.max": "1"}}), ["linux.resources.unified"]),
+])
+def test_hostile_config_refused_before_boot(vm_runtime, vm_bundle, change, words):
+    change(vm_bundle.config)
+    _assert_refused(_create(vm_runtime, vm_bundle), vm_runtime, vm_bundle, *words)

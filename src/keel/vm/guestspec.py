@@ -100,7 +100,21 @@ def namespaces(config, warn):
     return flags
 
 
+def _no_nul(values, where):
+    for i, v in enumerate(values):
+        if "\0" in v:
+            raise VMError(f"{where}[{i}]: contains a NUL byte")
+
+
+def _guest_path(path, where):
+    if not path.startswith("/") or ".." in path.split("/") or "\0" in path:
+        raise VMError(f"{where}: {path!r} must be an absolute path without '..'")
+
+
 def process_fields(process):
+    _no_nul(process.get("args") or [], "process.args")
+    _no_nul(process.get("env") or [], "process.env")
+    _guest_path(process.get("cwd") or "/", "process.cwd")
     user = process.get("user") or {}
     caps = CapSets(process.get("capabilities"))
     rl = [(RLIMITS[r["type"]], r["soft"], r["hard"]) for r in process.get("rlimits") or ()
@@ -187,9 +201,18 @@ def create_fields(config, share, warn):
                         d.get("uid") or 0, d.get("gid") or 0))
     fields["dev_path"] = [d[0] for d in devices]
     fields["dev_spec"] = [v for d in devices for v in (ord(d[1]),) + d[2:]]
+    for i, d in enumerate(fields["dev_path"]):
+        _guest_path(d, f"linux.devices[{i}].path")
     fields["masked"] = linux.get("maskedPaths") or []
     fields["ro_paths"] = linux.get("readonlyPaths") or []
+    for field, key in (("masked", "maskedPaths"), ("ro_paths", "readonlyPaths")):
+        for i, path in enumerate(fields[field]):
+            _guest_path(path, f"linux.{key}[{i}]")
     sysctl = linux.get("sysctl") or {}
+    for key in sysctl:
+        parts = key.replace("/", ".").split(".")
+        if not key or "/" in key or any(not p or not all(c.isalnum() or c in "_-" for c in p) for p in parts):
+            raise VMError(f"linux.sysctl: {key!r} is not a sysctl name")
     fields["sysctl_key"] = list(sysctl)
     fields["sysctl_val"] = [sysctl[k] for k in sysctl]
     return fields
