@@ -560,9 +560,10 @@ class Shim:
             self.next_id += 1
             self.by_proc[cl.proc_id] = cl
             try:
-                os.set_blocking(cl.stdin_fd, False)
+                # read only after poll says so; never O_NONBLOCK: the file description is the
+                # caller's (a user's terminal, say), shared beyond this exec
                 poller.register(cl.stdin_fd, select.POLLIN)
-            except OSError:
+            except (OSError, ValueError):
                 cl.stdin_fd = None
             self.send(P.EXEC, id=cl.proc_id, **fields)
         else:
