@@ -22,8 +22,9 @@ CACHE_ENV = "KEEL_VM_CACHE"
 DEFAULT_CACHE = "/var/cache/keel/vm"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 # What the guest needs: the virtio-mmio transport, the control port, virtiofs; overlay and
-# erofs for images kept as layers or read-only disks; virtio-blk for those disks.
-MODULES = ("virtio_mmio", "virtio_console", "virtiofs", "overlay", "erofs", "virtio_blk")
+# erofs for images kept as layers or read-only disks; virtio-blk for those disks; virtio-net for
+# a container network extended into the VM.
+MODULES = ("virtio_mmio", "virtio_console", "virtiofs", "overlay", "erofs", "virtio_blk", "virtio_net")
 AGENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent", "agent.c")
 
 

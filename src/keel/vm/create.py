@@ -8,7 +8,7 @@ from keel.oci import config as oci_config
 from keel.oci.errors import ConfigError
 from keel.runtime import log
 from keel.vm.errors import VMError
-from keel.vm.guestspec import Share, create_fields, ignored, vm_size
+from keel.vm.guestspec import Share, create_fields, ignored, network_path, vm_size
 from keel.vm.state import VMContainer, boot_id, check_id, proc_start_time
 
 
@@ -62,7 +62,7 @@ def create(root, cid, bundle, console_socket=None, pid_file=None, terminal_on_st
     from keel.vm.shim import Shim, run_shim
 
     shim = Shim(c, fields, share, memory_mib, vcpus, os.getpid(), w, console_socket,
-                cgroups_path=(config.get("linux") or {}).get("cgroupsPath"))
+                cgroups_path=(config.get("linux") or {}).get("cgroupsPath"), net_path=network_path(config))
     pid = os.fork()
     if pid == 0:
         os.close(r)

@@ -77,24 +77,38 @@ class Share:
         return name
 
 
+def network_path(config):
+    """The host network namespace (engine's or CNI's) the container's network lives in, if any."""
+    for ns in (config.get("linux") or {}).get("namespaces") or ():
+        if ns["type"] == "network" and ns.get("path"):
+            return ns["path"]
+    return None
+
+
 def namespaces(config, warn):
     flags = 0
+    listed = set()
     for ns in (config.get("linux") or {}).get("namespaces") or ():
         t, path = ns["type"], ns.get("path")
+        listed.add(t)
         if t == "user":
             raise VMError("linux.namespaces: user namespaces are not supported by keel-vm "
                           "(the VM is the isolation boundary; run the container without one)")
         if t == "time":
             raise VMError("linux.namespaces: time namespaces are not supported by keel-vm")
         if path:
-            # A host namespace cannot be joined from inside a VM: the container gets a fresh one.
             if t == "network":
-                warn(f"linux.namespaces: network namespace {path} is on the host; the VM has only "
-                     "loopback networking")
-            else:
-                raise VMError(f"linux.namespaces: joining the host's {t} namespace ({path}) is not "
-                              "possible from inside a VM")
+                # extended into the VM (hostnet): the container uses the guest's own namespace,
+                # where the NIC that mirrors the host namespace's interface lives
+                if not os.path.exists(path):
+                    raise VMError(f"linux.namespaces: network namespace {path}: no such file")
+                continue
+            raise VMError(f"linux.namespaces: joining the host's {t} namespace ({path}) is not "
+                          "possible from inside a VM")
         flags |= NAMESPACE_FLAGS[t]
+    if "network" not in listed:
+        warn("linux.namespaces: no network namespace (the host's network): a VM cannot share it; "
+             "the container has the VM's loopback only")
     if not flags & NAMESPACE_FLAGS["mount"]:
         flags |= NAMESPACE_FLAGS["mount"]  # the agent's own mounts must never be the container's
     return flags

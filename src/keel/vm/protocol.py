@@ -50,7 +50,7 @@ FIELDS = {
     "all": (34, INT), "rows": (35, INT), "cols": (36, INT), "pid": (37, INT), "status": (38, INT),
     "message": (39, BYTES), "version": (40, INT), "kernel": (41, BYTES), "dev_path": (42, LIST),
     "dev_spec": (43, INTS), "mnt_prop": (44, INTS), "umask": (45, INT), "cg_key": (46, LIST),
-    "cg_val": (47, LIST),
+    "cg_val": (47, LIST), "net_addr": (48, BYTES), "net_gw": (49, BYTES), "net_mtu": (50, INT),
 }
 _BY_KEY = {key: (name, kind) for name, (key, kind) in FIELDS.items()}
 _I64 = struct.Struct(">q")

@@ -80,8 +80,9 @@ class VM:
     so that a long state path never exceeds a unix socket's 108 bytes)."""
 
     def __init__(self, workdir, share, assets, accel, memory_mib=DEFAULT_MEMORY_MIB, vcpus=1,
-                 name="keel-vm"):
+                 name="keel-vm", net=None):
         self.workdir, self.share, self.assets, self.accel = workdir, share, assets, accel
+        self.net = net  # (tap fd, MAC) of a NIC extending the container's network, or None
         self.memory_mib, self.vcpus, self.name = memory_mib, vcpus, name
         self.qemu = self.virtiofsd = None
         self.listener = None
@@ -116,7 +117,10 @@ class VM:
             "-qmp", "unix:qmp.sock,server=on,wait=off",
             "-chardev", "socket,id=vfs,path=vfs.sock",
             "-device", f"vhost-user-fs-device,chardev=vfs,tag={SHARE_TAG}",
-        ]
+        ] + ([] if self.net is None else [
+            "-netdev", f"tap,id=n0,fd={self.net[0]}",
+            "-device", f"virtio-net-device,netdev=n0,mac={self.net[1]}",
+        ])
 
     def start(self):
         """Start virtiofsd and QEMU; returns the listening control socket (accept() gives the agent)."""
@@ -146,6 +150,7 @@ class VM:
             vfs.close()
             self.qemu = subprocess.Popen(self.argv(), cwd=wd, stdin=subprocess.DEVNULL,
                                          stdout=self._log("qemu.log"), stderr=subprocess.STDOUT,
+                                         pass_fds=() if self.net is None else (self.net[0],),
                                          preexec_fn=_qemu_child)
         except BaseException:
             vfs.close()

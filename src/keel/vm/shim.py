@@ -83,11 +83,13 @@ class Client:
 
 class Shim:
     def __init__(self, c, fields, share, memory_mib, vcpus, creator_pid, ready_fd, console_socket=None,
-                 cgroups_path=None):
+                 cgroups_path=None, net_path=None):
         self.c, self.fields, self.share = c, fields, share
         self.console_size = fields.pop("console_size", None)  # applied to the host pty, not sent
         self.cgroups_path = cgroups_path
         self.cgroup = None
+        self.net_path = net_path
+        self.net = None
         self.accel, self.memory_mib, self.vcpus = None, memory_mib, vcpus
         self.creator_pid, self.ready_fd, self.console_socket = creator_pid, ready_fd, console_socket
         self.vm = None
@@ -197,8 +199,13 @@ class Shim:
 
         t0 = time.monotonic()
         timeout = boot_timeout()
+        if self.net_path:
+            from keel.vm import hostnet
+
+            self.net = hostnet.inspect(self.net_path)
+        # a pool VM has no NIC (microvm has no hotplug): a container with a network boots cold
         adopted = pool.claim(os.path.dirname(self.c.dir), self.memory_mib, self.vcpus) \
-            if pool.pool_size() > 0 else None
+            if pool.pool_size() > 0 and self.net is None else None
         if adopted is not None:
             self.path = "warm"
             self.vm = adopted
@@ -219,8 +226,17 @@ class Shim:
             self.accel, reason = choose(assets, cache)
             log.debug(f"accelerator {self.accel}: {reason}")
             self._build_share(private_ns=True)
+            nic = None
+            if self.net is not None:
+                from keel.vm import hostnet
+
+                hostnet.attach(self.net, "kvtap" + os.urandom(4).hex())
+                self.fields.update(self.net.fields())
+                nic = (self.net.tap_fd, self.net.mac)
+                log.debug(f"network: {self.net.ifname} of {self.net_path} mirrored to {self.net.tap} "
+                          f"({self.net.addr}, gateway {self.net.gateway})")
             self.vm = VM(self.c.dir, self.share_dir, assets, self.accel, self.memory_mib, self.vcpus,
-                         name="keel-" + self.c.id[:48])
+                         name="keel-" + self.c.id[:48], net=nic)
             listener = self.vm.start()
             self.qemu_fd = os.pidfd_open(self.vm.qemu.pid)
             self._wait([listener.fileno()], timeout)
@@ -585,6 +601,10 @@ class Shim:
     def teardown(self):
         if self.vm is not None:
             self.vm.stop()
+        if self.net is not None:
+            from keel.vm import hostnet
+
+            hostnet.detach(self.net)
         if self.cgroup is not None:
             try:
                 self.cgroup.destroy(timeout=5)

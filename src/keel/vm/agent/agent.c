@@ -39,6 +39,9 @@
 #include <unistd.h>
 #include <linux/capability.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #define PROTOCOL_VERSION 1
 #define MAX_FRAME (16u << 20)
@@ -56,7 +59,7 @@ enum { K_ID = 1, K_ARGS, K_ENV, K_CWD, K_UID, K_GID, K_GROUPS, K_ROOTFS, K_READO
        K_RL_HARD, K_CAP_BND, K_CAP_EFF, K_CAP_PRM, K_CAP_INH, K_CAP_AMB, K_NNP, K_TERMINAL,
        K_MASKED, K_RO_PATHS, K_SYSCTL_KEY, K_SYSCTL_VAL, K_DATA, K_STREAM, K_SIGNAL, K_ALL,
        K_ROWS, K_COLS, K_PID, K_STATUS, K_MESSAGE, K_VERSION, K_KERNEL, K_DEV_PATH, K_DEV_SPEC,
-       K_MNT_PROP, K_UMASK, K_CG_KEY, K_CG_VAL, K_MAX };
+       K_MNT_PROP, K_UMASK, K_CG_KEY, K_CG_VAL, K_NET_ADDR, K_NET_GW, K_NET_MTU, K_MAX };
 enum { T_INT = 'i', T_BYTES = 'b', T_LIST = 'l', T_INTS = 'n' };
 
 struct field { int kind; const unsigned char *p; uint32_t len; uint32_t count; int64_t i; };
@@ -454,6 +457,56 @@ static void loopback_up(void)
     if (s >= 0) close(s);
 }
 
+/* The NIC that mirrors the container's network (hostnet.py): address, MTU, up, default route,
+ * in the guest's own network namespace, which the container then uses. */
+static int net_setup(struct msg *m, uint32_t id)
+{
+    char *addr = sget(m, K_NET_ADDR), *gw = sget(m, K_NET_GW);
+    if (!*addr) return 0;
+    char ifname[IFNAMSIZ] = "";
+    for (int i = 0; i < 400 && !*ifname; i++) { /* virtio_net may still be probing */
+        DIR *d = opendir("/sys/class/net");
+        struct dirent *e;
+        while (d && (e = readdir(d)))
+            if (e->d_name[0] != '.' && strcmp(e->d_name, "lo")) { snprintf(ifname, sizeof ifname, "%s", e->d_name); break; }
+        if (d) closedir(d);
+        if (!*ifname) usleep(5000);
+    }
+    if (!*ifname) { send_error(id, "network: the VM has no network interface"); return -1; }
+    char *slash = strchr(addr, '/');
+    int prefix = slash ? atoi(slash + 1) : 32;
+    if (slash) *slash = 0;
+    struct sockaddr_in sin = { .sin_family = AF_INET };
+    if (inet_pton(AF_INET, addr, &sin.sin_addr) != 1 || prefix < 0 || prefix > 32) {
+        send_error(id, "network: bad address %s", addr); return -1;
+    }
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+    int64_t mtu = iget(m, K_NET_MTU, 0);
+    if (mtu > 0) { ifr.ifr_mtu = mtu; ioctl(s, SIOCSIFMTU, &ifr); }
+    memcpy(&ifr.ifr_addr, &sin, sizeof sin);
+    if (ioctl(s, SIOCSIFADDR, &ifr) < 0) { send_error(id, "network: set %s on %s: %s", addr, ifname, strerror(errno)); close(s); return -1; }
+    sin.sin_addr.s_addr = prefix ? htonl(~0u << (32 - prefix)) : 0;
+    memcpy(&ifr.ifr_netmask, &sin, sizeof sin);
+    if (ioctl(s, SIOCSIFNETMASK, &ifr) < 0) { send_error(id, "network: netmask on %s: %s", ifname, strerror(errno)); close(s); return -1; }
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) { ifr.ifr_flags |= IFF_UP | IFF_RUNNING; ioctl(s, SIOCSIFFLAGS, &ifr); }
+    if (*gw) {
+        struct rtentry rt;
+        memset(&rt, 0, sizeof rt);
+        struct sockaddr_in *dst = (struct sockaddr_in *)&rt.rt_dst, *mask = (struct sockaddr_in *)&rt.rt_genmask;
+        struct sockaddr_in *g = (struct sockaddr_in *)&rt.rt_gateway;
+        dst->sin_family = mask->sin_family = g->sin_family = AF_INET;
+        if (inet_pton(AF_INET, gw, &g->sin_addr) != 1) { send_error(id, "network: bad gateway %s", gw); close(s); return -1; }
+        rt.rt_flags = RTF_UP | RTF_GATEWAY;
+        rt.rt_dev = ifname;
+        if (ioctl(s, SIOCADDRT, &rt) < 0) { send_error(id, "network: default route via %s: %s", gw, strerror(errno)); close(s); return -1; }
+    }
+    close(s);
+    return 0;
+}
+
 /* HOME from the container's /etc/passwd when the config sets none (as runc), else "/". */
 static char **with_home(char **env, uid_t uid)
 {
@@ -662,6 +715,7 @@ static void spawn(struct msg *m, int is_exec)
             send_error(id, "cgroup %s: %s", CGROUP, strerror(errno)); p->used = 0; return;
         }
         if (write_cgroup(m, id) < 0) { p->used = 0; return; }
+        if (net_setup(m, id) < 0) { p->used = 0; return; }
     }
     int nsflags = is_exec ? 0 : iget(m, K_NSFLAGS, 0);
     int cgroupns = nsflags & CLONE_NEWCGROUP;
