@@ -99,7 +99,9 @@ def test_in_container_hooks_refused(vm_runtime, vm_bundle):
     (lambda c: c["mounts"].append({"destination": "/a/../../b", "type": "tmpfs", "source": "tmpfs"}),
      ["destination", ".."]),
     (lambda c: c["linux"].update(resources={"unified": {"../memory.max": "1"}}), ["linux.resources.unified"]),
-    (lambda c: c["linux"].update(namespaces=[{"type": "mount"}, {"type": "network", "path": "/run/netns/nope-kv"}]),
+    (lambda c: c["linux"]["namespaces"].__setitem__(
+        slice(None), [n for n in c["linux"]["namespaces"] if n["type"] != "network"]
+        + [{"type": "network", "path": "/run/netns/nope-kv"}]),
      ["network namespace", "/run/netns/nope-kv"]),
 ])
 def test_hostile_config_refused_before_boot(vm_runtime, vm_bundle, change, words):
