@@ -145,8 +145,14 @@ class VMRuntime:
         for cid in (c for c in os.listdir(self.root) if c != ".pool") if os.path.isdir(self.root) else ():
             ours += self.vm_pids(cid)
             self("delete", "--force", cid, timeout=30)
-        # what delete --force did not end (pids from the state, or naming our root)
-        stray = sorted(set([p for p in ours if alive(p)] + pids_mentioning(self.root)))
+        # what delete --force did not end (pids from the state, or naming our root), allowing a
+        # VM that was killed a moment ago the time to go
+        deadline = time.monotonic() + 10
+        while True:
+            stray = sorted(set([p for p in ours if alive(p)] + [p for p in pids_mentioning(self.root) if alive(p)]))
+            if not stray or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         kill_pids(stray)
         return stray
 

@@ -408,7 +408,7 @@ def keeper_main(argv=None):
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + (15 if sig == signal.SIGTERM else 5)  # a holder stops its VM
             while time.monotonic() < deadline and any(_alive(p) for p, _ in unclaimed):
                 _reap()
                 time.sleep(0.05)
