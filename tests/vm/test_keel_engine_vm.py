@@ -1,4 +1,4 @@
-"""keel's own engine runs a container with `--runtime keel-vm` (marker `vm`), through the same
+"""keel's own engine runs and execs in a container with `--runtime keel-vm` (marker `vm`), through the same
 runc command line as podman: conmon waits on the shim, the exit code comes back."""
 
 import importlib.util
@@ -42,7 +42,11 @@ def test_keel_run_with_keel_vm(tmp_path, oci_busybox, guest_release):
         info = json.loads(keel("inspect", "vmc").stdout)
         info = info[0] if isinstance(info, list) else info
         assert info["State"]["ExitCode"] == 5 and info["OCIRuntime"] == "keel-vm"
+        r = keel("run", "-d", "--runtime", KEEL_VM, "--name", "vmd", IMAGE, "sleep", "300")
+        assert r.returncode == 0, r.stderr
+        r = keel("exec", "vmd", "sh", "-c", "echo $((6*7)); cat /proc/1/cmdline; exit 3")
+        assert r.returncode == 3 and r.stdout.startswith("42\nsleep"), (r.stdout, r.stderr)
     finally:
-        keel("rm", "-f", "vmc")
+        keel("rm", "-f", "vmc", "vmd")
     left = [p for p in pids_mentioning(str(tmp_path)) if alive(p)]
     assert not left, left
