@@ -1,5 +1,6 @@
-"""keel's own engine runs and execs in a container with `--runtime keel-vm` (marker `vm`), through the same
-runc command line as podman: conmon waits on the shim, the exit code comes back."""
+"""keel's own engine runs and execs in a container with `--runtime keel-vm` (marker `vm`),
+through the same runc command line as podman: conmon waits on the shim, the exit code comes
+back."""
 
 import importlib.util
 import json
@@ -48,5 +49,24 @@ def test_keel_run_with_keel_vm(tmp_path, oci_busybox, guest_release):
         assert r.returncode == 3 and r.stdout.startswith("42\nsleep"), (r.stdout, r.stderr)
     finally:
         keel("rm", "-f", "vmc", "vmd")
+    left = [p for p in pids_mentioning(str(tmp_path)) if alive(p)]
+    assert not left, left
+
+
+def test_keel_run_it_with_keel_vm(tmp_path, oci_busybox, guest_release):
+    """`keel run -it`: conmon takes the pty master from keel-vm's --console-socket."""
+    sys.path.insert(0, os.path.join(_TESTS, "interop"))
+    import interop_helpers as h
+
+    base = [sys.executable, "-m", "keel.cli.main", "--root", str(tmp_path / "root"), "--runroot",
+            str(tmp_path / "run")]
+    env = dict(os.environ, KEEL_VM_POOL_SIZE="0")
+    r = subprocess.run(base + ["load", "-i", oci_busybox], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    image = r.stdout.strip().rsplit(" ", 1)[-1]
+    out, code = h.run_in_pty(base + ["run", "-it", "--rm", "--runtime", KEEL_VM, image, "sh"],
+                             b"tty; echo x$((6*7)); exit 5\r", env=env, timeout=120)
+    assert code == 5, out
+    assert b"/dev/pts/" in out and b"x42" in out, out
     left = [p for p in pids_mentioning(str(tmp_path)) if alive(p)]
     assert not left, left
