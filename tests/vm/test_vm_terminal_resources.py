@@ -55,6 +55,32 @@ def test_terminal_via_console_socket(vm_runtime, vm_bundle, tmp_path):
         os.write(master, b"stty size; tty; echo hi-$((6*7))\n")
         out = _read_until(master, b"hi-42\r\n")
         assert b"33 111" in out and b"/dev/pts/" in out and b"hi-42\r\n" in out, out
+        # exec -t: its own pty; a resize of the master reaches the process in the guest
+        epath = str(tmp_path / "exec-console.sock")
+        elistener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        elistener.bind(epath)
+        elistener.listen(1)
+        e = subprocess.Popen(vm_runtime.argv("exec", "-t", "--console-socket", epath, vm_bundle.id, "sh", "-c",
+                                             "sleep 2; stty size; tty; exit 4"),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=vm_runtime.env)
+        elistener.settimeout(60)
+        econn, _ = elistener.accept()
+        _, efds, _, _ = socket.recv_fds(econn, 4096, 4)
+        econn.close()
+        elistener.close()
+        emaster = efds[0]
+        try:
+            import fcntl
+            import struct
+            import termios
+
+            fcntl.ioctl(emaster, termios.TIOCSWINSZ, struct.pack("HHHH", 21, 77, 0, 0))
+            eout = _read_until(emaster, b"/dev/pts/")
+            assert e.wait(timeout=60) == 4
+        finally:
+            os.close(emaster)
+        assert b"21 77" in eout, eout
         os.write(master, b"exit 3\n")
         deadline = time.monotonic() + 30
         while vm_runtime.state(vm_bundle.id)["status"] != "stopped" and time.monotonic() < deadline:

@@ -219,42 +219,84 @@ def cmd_exec(opts, args):
     except RuntimeError_ as e:
         raise VMError(str(e)) from None
     fields = process_fields(proc)
-    req = {"op": "exec", "process": fields}
+    stdio, slave = (0, 1, 2), None
     if fields["terminal"]:
         if not opts.console_socket:
             raise VMError("exec --tty needs --console-socket")
-        req["consoleSocket"] = os.path.abspath(opts.console_socket)
-    s, reader, _ = c.request(req, fds=(0, 1, 2))  # the first reply: started
+        from keel.vm import console
+
+        slave = console.make(os.path.abspath(opts.console_socket))
+        stdio = (slave, slave, slave)
+    s, reader, _ = c.request({"op": "exec", "process": fields}, fds=stdio)  # first reply: started
+    # A child lives as long as the process and ends with its status: the pid conmon waits on
+    # with --detach, and the holder of the terminal (its resizes go to the guest).
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if slave is not None:
+                _follow_resizes(s, slave)
+            _forward_signals(s)
+            reply = read_reply(reader, c.id)
+            from keel.vm.shim import exit_like
+
+            exit_like(reply["exit"])
+        finally:
+            os._exit(255)
+    s.close()
+    if slave is not None:
+        os.close(slave)
+    if opts.pid_file:
+        from keel.vm.create import _write_pid_file
+
+        _write_pid_file(opts.pid_file, pid)
     if opts.detach:
-        # The pid in --pid-file must live as long as the process and end with its status
-        # (conmon waits on it): a child that keeps the shim's connection does exactly that.
-        pid = os.fork()
-        if pid == 0:
-            try:
-                reply = read_reply(reader, c.id)
-                from keel.vm.shim import exit_like
-
-                exit_like(reply["exit"])
-            finally:
-                os._exit(255)
-        s.close()
-        if opts.pid_file:
-            from keel.vm.create import _write_pid_file
-
-            _write_pid_file(opts.pid_file, pid)
         return 0
-    try:
-        if opts.pid_file:
-            from keel.vm.create import _write_pid_file
+    from keel.runtime.attach import Forwarder, exit_code
 
-            _write_pid_file(opts.pid_file, os.getpid())
-        reply = read_reply(reader, c.id)
+    forwarder = Forwarder(pid)  # signals to exec reach the process, as runc's exec forwards them
+    forwarder.release()
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                return exit_code(status)
+            except InterruptedError:
+                continue
     finally:
-        s.close()
-    status = reply["exit"]
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255
+        forwarder.restore()
+
+
+def _send_line(sock, obj):
+    from keel.oci import fastjson
+
+    try:
+        sock.sendall((fastjson.dumps(obj) + "\n").encode())
+    except OSError:
+        pass
+
+
+def _forward_signals(sock):
+    """In the exec's child: signals it gets go to the process in the guest."""
+    from keel.runtime.attach import FORWARDED
+
+    for sig in FORWARDED:
+        if sig != signal.SIGWINCH:
+            signal.signal(sig, lambda n, _f: _send_line(sock, {"op": "signal", "signal": int(n)}))
+
+
+def _follow_resizes(sock, slave):
+    """In the exec's child: own the terminal and send its size now and on every SIGWINCH."""
+    from keel.vm import console
+
+    console.own(slave)
+
+    def send_size(*_):
+        got = console.size(slave)
+        if got:
+            _send_line(sock, {"op": "resize", "rows": got[0], "cols": got[1]})
+
+    signal.signal(signal.SIGWINCH, send_size)
+    send_size()
 
 
 def cmd_features(opts, args):

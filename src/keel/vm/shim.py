@@ -296,38 +296,15 @@ class Shim:
     def _setup_terminal(self):
         if not self.fields.get("terminal") or not self.console_socket:
             return
-        import fcntl
-        import termios
+        from keel.vm import console
 
-        os.setsid()  # the host pty becomes our controlling terminal: its SIGWINCH reaches us
-        slave = self._console(self.console_socket, self.console_size)
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        try:
+            slave = console.make(self.console_socket, self.console_size)
+        except VMError as e:
+            raise BootError(str(e)) from None
+        console.own(slave)  # the engine's resizes of the master reach us as SIGWINCH
         self.tty = slave
         self.in_fd = self.out_fd = self.err_fd = slave
-
-    def _console(self, path, size):
-        """A host pty whose master goes to the console socket; returns its slave (raw mode)."""
-        import fcntl
-        import termios
-        import tty
-
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        if size:
-            import struct
-
-            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            socket.send_fds(s, [os.ttyname(slave).encode()], [master])
-        except (OSError, TypeError) as e:
-            os.close(slave)
-            raise BootError(f"--console-socket {path}: {getattr(e, 'strerror', None) or e}") from None
-        finally:
-            s.close()
-            os.close(master)
-        return slave
 
     def _output(self, f):
         pid = f.get("id")
@@ -423,15 +400,11 @@ class Shim:
         return f"the VM stopped: {self.vm.failure()}"
 
     def _resize(self, proc_id, fd):
-        import fcntl
-        import struct
-        import termios
+        from keel.vm import console
 
-        try:
-            rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
-        except OSError:
-            return
-        self.send(P.RESIZE, id=proc_id, rows=rows, cols=cols)
+        got = console.size(fd)
+        if got:
+            self.send(P.RESIZE, id=proc_id, rows=got[0], cols=got[1])
 
     def _on_frame(self, mtype, f, poller):
         pid = f.get("id")
@@ -451,8 +424,6 @@ class Shim:
             elif pid in self.by_proc:
                 cl = self.by_proc[pid]
                 cl.reply({"ok": True, "pid": f.get("pid", 0)})
-                if cl.tty:
-                    self._resize(pid, cl.out_fd)
         elif mtype == P.EXIT:
             status = f.get("status", 255 << 8)
             if pid == INIT_ID:
@@ -511,15 +482,20 @@ class Shim:
             self._drop(cl, poller)
             return
         cl.buf += data
-        if b"\n" not in cl.buf:
-            return
-        line, _, cl.buf = cl.buf.partition(b"\n")
-        try:
-            req = fastjson.loads(line.decode())
-            self._request(cl, req, poller)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            cl.reply({"error": f"bad request: {e}"})
-            self._drop(cl, poller)
+        while b"\n" in cl.buf and cl.sock.fileno() in self.clients:
+            line, _, cl.buf = cl.buf.partition(b"\n")
+            try:
+                req = fastjson.loads(line.decode())
+                if cl.proc_id is not None and req.get("op") == "resize":
+                    # an exec's terminal was resized (its caller holds the pty): pass it on
+                    self.send(P.RESIZE, id=cl.proc_id, rows=int(req["rows"]), cols=int(req["cols"]))
+                elif cl.proc_id is not None and req.get("op") == "signal":
+                    self.send(P.SIGNAL, id=cl.proc_id, signal=int(req["signal"]), all=0)
+                else:
+                    self._request(cl, req, poller)
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+                cl.reply({"error": f"bad request: {e}"})
+                self._drop(cl, poller)
 
     def _request(self, cl, req, poller):
         op = req.get("op")
@@ -563,15 +539,7 @@ class Shim:
                 cl.reply({"error": "exec: expected the caller's stdin, stdout and stderr"})
                 return self._drop(cl, poller)
             cl.stdin_fd, cl.out_fd, cl.err_fd = cl.fds
-            if fields.get("terminal"):
-                try:
-                    slave = self._console(req.get("consoleSocket"), None)
-                except BootError as e:
-                    cl.reply({"error": str(e)})
-                    return self._drop(cl, poller)
-                cl.fds.append(slave)
-                cl.stdin_fd = cl.out_fd = cl.err_fd = slave
-                cl.tty = True
+            cl.tty = bool(fields.get("terminal"))  # then the three fds are the caller's pty slave
             cl.proc_id = self.next_id
             self.next_id += 1
             self.by_proc[cl.proc_id] = cl
