@@ -234,7 +234,23 @@ def ensure(cache=None):
         if not os.path.exists(initramfs):
             _atomic_write(initramfs, blob)
         _atomic_write(ready, f"{release}\n{vmlinux}\n{initramfs}\n{_source_digest()}\n".encode())
+        _remove_old(cache, keep=(agent, initramfs))
         return Assets(vmlinux, initramfs, release)
+
+
+def _remove_old(cache, keep, age=600):
+    """Agents and initramfs images of earlier agent sources, once no create can still be about
+    to boot with them (QEMU reads the image at start)."""
+    import time
+
+    for name in os.listdir(cache):
+        path = os.path.join(cache, name)
+        if name.startswith(("agent-", "initramfs-")) and path not in keep:
+            try:
+                if time.time() - os.stat(path).st_mtime > age:
+                    os.unlink(path)
+            except OSError:
+                pass
 
 
 def _source_digest():
