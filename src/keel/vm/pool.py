@@ -261,7 +261,7 @@ def _holder(pool, vmid, assets, accel, memory_mib, vcpus, ready_w):
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
         os.mkdir(share)
         libc.mount("keel-share", share, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755,size=64k")
-        vm = VM(d, share, assets, accel, memory_mib, vcpus, name=f"keel-pool-{vmid}")
+        vm = VM(d, share, assets, accel, memory_mib, vcpus, name=f"keel-pool-{vmid}", bounded_logs=True)
         listener = vm.start()
         qfd = os.pidfd_open(vm.qemu.pid)
         r, _, _ = select.select([listener, qfd], [], [], 120)
@@ -310,6 +310,7 @@ def _holder(pool, vmid, assets, accel, memory_mib, vcpus, ready_w):
         try:
             if vm is not None:
                 vm.stop()
+                vm.remove_logs()
             try:
                 libc.umount(share, libc.MNT_DETACH)
             except Exception:  # noqa: BLE001

@@ -23,6 +23,7 @@ VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/li
 SHARE_TAG = "keel"
 DEFAULT_MEMORY_MIB = 256
 RUNAS_USER = "nobody"
+LOG_LIMIT_KIB = 512
 GUEST_OVERHEAD_MIB = 96  # kernel, agent and page tables on top of a container's memory limit
 
 
@@ -80,9 +81,13 @@ class VM:
     so that a long state path never exceeds a unix socket's 108 bytes)."""
 
     def __init__(self, workdir, share, assets, accel, memory_mib=DEFAULT_MEMORY_MIB, vcpus=1,
-                 name="keel-vm", net=None):
+                 name="keel-vm", net=None, bounded_logs=False):
         self.workdir, self.share, self.assets, self.accel = workdir, share, assets, accel
         self.net = net  # (tap fd, MAC) of a NIC extending the container's network, or None
+        # QEMU's log and the guest console go to a small tmpfs (only where we run in a mount
+        # namespace of our own): a guest that floods its serial port must not fill the host's disk
+        self.bounded_logs = bounded_logs
+        self.logdir = os.path.join(workdir, "log")
         self.memory_mib, self.vcpus, self.name = memory_mib, vcpus, name
         self.qemu = self.virtiofsd = None
         self.listener = None
@@ -111,7 +116,7 @@ class VM:
             "-global", "virtio-mmio.force-legacy=false",
             "-kernel", self.assets.vmlinux, "-initrd", self.assets.initramfs,
             "-append", " ".join(a for a in cmdline if a),
-            "-chardev", "file,id=con,path=console.log", "-serial", "chardev:con",
+            "-chardev", "file,id=con,path=log/console.log", "-serial", "chardev:con",
             "-device", "virtio-serial-device",
             "-chardev", "socket,id=ctl,path=ctl.sock", "-device", "virtserialport,chardev=ctl,name=keel.ctl",
             "-qmp", "unix:qmp.sock,server=on,wait=off",
@@ -125,6 +130,12 @@ class VM:
     def start(self):
         """Start virtiofsd and QEMU; returns the listening control socket (accept() gives the agent)."""
         wd = self.workdir
+        os.makedirs(self.logdir, exist_ok=True)
+        if self.bounded_logs:
+            from keel.kernel import libc
+
+            libc.mount("keel-vm-log", self.logdir, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
+                       f"mode=0755,size={LOG_LIMIT_KIB}k")
         vfs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -161,7 +172,7 @@ class VM:
         return ctl
 
     def _log(self, name):
-        return open(os.path.join(self.workdir, name), "ab")
+        return open(os.path.join(self.logdir, name), "ab")
 
     @property
     def qemu_pid(self):
@@ -176,7 +187,7 @@ class VM:
         lines = []
         for name in ("qemu.log", "console.log"):
             try:
-                with open(os.path.join(self.workdir, name), "rb") as f:
+                with open(os.path.join(self.workdir, "log", name), "rb") as f:
                     f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))  # a panic's trace is long
                     text = f.read().decode(errors="replace")
                 lines += [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -209,6 +220,19 @@ class VM:
                 os.unlink(os.path.join(self.workdir, name))
             except FileNotFoundError:
                 pass
+
+    def remove_logs(self):
+        """Drop the logs (after failure() has been read, if needed)."""
+        if self.bounded_logs:
+            from keel.kernel import libc
+
+            try:
+                libc.umount(self.logdir, libc.MNT_DETACH)
+            except Exception:  # noqa: BLE001 - not mounted: nothing to undo
+                pass
+        import shutil
+
+        shutil.rmtree(self.logdir, ignore_errors=True)
 
 
 def wait_readable(socks_or_fds, timeout):

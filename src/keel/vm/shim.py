@@ -236,7 +236,7 @@ class Shim:
                 log.debug(f"network: {self.net.ifname} of {self.net_path} mirrored to {self.net.tap} "
                           f"({self.net.addr}, gateway {self.net.gateway})")
             self.vm = VM(self.c.dir, self.share_dir, assets, self.accel, self.memory_mib, self.vcpus,
-                         name="keel-" + self.c.id[:48], net=nic)
+                         name="keel-" + self.c.id[:48], net=nic, bounded_logs=True)
             listener = self.vm.start()
             self.qemu_fd = os.pidfd_open(self.vm.qemu.pid)
             self._wait([listener.fileno()], timeout)
@@ -569,6 +569,8 @@ class Shim:
     def teardown(self):
         if self.vm is not None:
             self.vm.stop()
+            if hasattr(self.vm, "remove_logs"):  # a pool VM's holder removes its own
+                self.vm.remove_logs()
         if self.net is not None:
             from keel.vm import hostnet
 
