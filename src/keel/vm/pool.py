@@ -33,6 +33,7 @@ IDLE_ENV = "KEEL_VM_POOL_IDLE"
 POOL_DIR = ".pool"
 KEEPER_SOCKET = "keeper.sock"
 HOLDER_SOCKET = "holder.sock"
+MAX_BOOT_FAILURES = 3
 
 
 def pool_size():
@@ -352,9 +353,10 @@ def keeper_main(argv=None):
     ready = []  # (pid, vmid)
     last_claim = time.monotonic()
     seq = 0
+    failures, retry_at = 0, 0.0
     try:
         while True:
-            while len(booting) + len(ready) < size:
+            while len(booting) + len(ready) < size and time.monotonic() >= retry_at:
                 seq += 1
                 vmid = f"{os.getpid()}-{seq}"
                 r, w = os.pipe2(os.O_CLOEXEC)
@@ -378,6 +380,14 @@ def keeper_main(argv=None):
                     os.close(fd)
                     if ok:
                         ready.append((pid, vmid))
+                        failures = 0
+                    else:
+                        # a VM that cannot boot: back off, and give up after a few in a row
+                        # rather than burn the host's CPU on boots that fail
+                        failures += 1
+                        if failures >= MAX_BOOT_FAILURES:
+                            return
+                        retry_at = time.monotonic() + 5 * failures
                 elif fd is listener:
                     c, _ = listener.accept()
                     try:
