@@ -70,3 +70,39 @@ def test_keel_run_it_with_keel_vm(tmp_path, oci_busybox, guest_release):
     assert b"/dev/pts/" in out and b"x42" in out, out
     left = [p for p in pids_mentioning(str(tmp_path)) if alive(p)]
     assert not left, left
+
+
+def test_keel_network_and_published_port_reach_the_vm(tmp_path, oci_busybox, guest_release):
+    """keel's CNI bridge network and `-p`: the port published on the host's loopback reaches
+    httpd inside the VM (DNAT -> bridge -> veth -> tc mirred -> tap -> the guest's NIC)."""
+    sys.path.insert(0, os.path.join(_TESTS, "engine"))
+    from net_helpers import free_port, http_get, links
+
+    env = dict(os.environ, KEEL_NETWORK_CONFIG_DIR=str(tmp_path / "net.d"), KEEL_VM_POOL_SIZE="0")
+    base = [sys.executable, "-m", "keel.cli.main", "--root", str(tmp_path / "root"), "--runroot",
+            str(tmp_path / "run")]
+
+    def keel(*args):
+        return subprocess.run(base + list(args), capture_output=True, text=True, timeout=180,
+                              stdin=subprocess.DEVNULL, env=env)
+
+    r = keel("load", "-i", oci_busybox)
+    assert r.returncode == 0, r.stderr
+    image = r.stdout.strip().rsplit(" ", 1)[-1]
+    tag = os.urandom(3).hex()
+    name, bridge = f"kvn-{tag}", f"kvb{tag}"
+    r = keel("network", "create", "--interface-name", bridge, "-o", "masquerade=false", name)
+    assert r.returncode == 0, r.stderr
+    try:
+        port = free_port()
+        r = keel("run", "-d", "--runtime", KEEL_VM, "--name", "web", "--network", name, "-p",
+                 f"127.0.0.1:{port}:80", image, "sh", "-c",
+                 "mkdir /www && uname -r > /www/index.html && exec httpd -f -p 80 -h /www")
+        assert r.returncode == 0, r.stderr
+        assert http_get(f"http://127.0.0.1:{port}/", timeout=60) == guest_release + "\n"
+    finally:
+        keel("rm", "-f", "web")
+        keel("network", "rm", name)
+    assert not [ln["ifname"] for ln in links() if bridge in ln["ifname"]]
+    left = [p for p in pids_mentioning(str(tmp_path)) if alive(p)]
+    assert not left, left
