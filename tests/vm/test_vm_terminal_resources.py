@@ -126,3 +126,13 @@ def test_run_terminal_on_our_own_tty(vm_runtime, vm_bundle):
                              b"tty; echo t-$((6*7)); exit 6\r", env=vm_runtime.env, timeout=120)
     assert code == 6, out
     assert b"/dev/pts/" in out and b"t-42" in out, out
+
+
+def test_bad_console_socket_is_a_clean_error(vm_runtime, vm_bundle, tmp_path):
+    vm_bundle.config["process"]["terminal"] = True
+    vm_bundle.write(["sh"])
+    missing = str(tmp_path / "no-such.sock")
+    r = vm_runtime("create", "--console-socket", missing, "--bundle", vm_bundle.path, vm_bundle.id)
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"keel-vm: --console-socket {missing}: no such file or directory", r.stderr
+    assert not os.path.exists(os.path.join(vm_runtime.root, vm_bundle.id))  # and the fixture: no VM left

@@ -27,7 +27,7 @@ def make(path, size=None):
         socket.send_fds(s, [os.ttyname(slave).encode()], [master])
     except (OSError, TypeError) as e:
         os.close(slave)
-        raise VMError(f"--console-socket {path}: {getattr(e, 'strerror', None) or e}") from None
+        raise VMError(f"--console-socket {path}: {(getattr(e, 'strerror', None) or str(e)).lower()}") from None
     finally:
         s.close()
         os.close(master)
