@@ -270,7 +270,7 @@ def qmp(workdir, command, timeout=10):
             if "return" not in reply:
                 raise VMError(f"QEMU {cmd}: {reply.get('error', {}).get('desc', 'no answer')}")
     except OSError as e:
-        raise VMError(f"QEMU monitor: {e.strerror or e}") from None
+        raise VMError(f"QEMU monitor: {(e.strerror or str(e)).lower()}") from None
     finally:
         os.close(dfd)
         s.close()

@@ -62,7 +62,7 @@ class VMContainer(Container):
             s.connect(f"/proc/self/fd/{dfd}/{CMD_SOCKET}")
         except OSError as e:
             s.close()
-            raise VMError(f"container {self.id!r}: its shim does not answer ({e.strerror or e})") from None
+            raise VMError(f"container {self.id!r}: its shim does not answer ({(e.strerror or str(e)).lower()})") from None
         finally:
             os.close(dfd)
         data = (fastjson.dumps(req) + "\n").encode()
@@ -78,7 +78,7 @@ def read_reply(reader, cid):
     try:
         line = reader.readline()
     except OSError as e:
-        raise VMError(f"container {cid!r}: shim: {e.strerror or e}") from None
+        raise VMError(f"container {cid!r}: shim: {(e.strerror or str(e)).lower()}") from None
     if not line.endswith(b"\n"):
         raise VMError(f"container {cid!r}: the shim exited before it answered")
     reply = fastjson.loads(line.decode())
