@@ -378,8 +378,11 @@ class Shim:
                     self._on_client(self.clients[fd], poller)
                 else:
                     cl = next((c for c in self.by_proc.values() if c.stdin_fd == fd), None)
-                    if cl is None:
-                        poller.unregister(fd)
+                    if cl is None:  # an fd dropped earlier in this round of events
+                        try:
+                            poller.unregister(fd)
+                        except KeyError:
+                            pass
                         continue
                     try:
                         data = os.read(fd, 65536)
