@@ -89,6 +89,10 @@ def test_readonly_root_and_lifecycle_verbs(vm_runtime, vm_bundle):
     e = vm_runtime("exec", vm_bundle.id, "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; exit 4")
     assert e.returncode == 4 and "trap 'exit 9' TERM" in e.stdout, (e.stdout, e.stderr)
     assert _wait(lambda: "Read-only file system" in open(out).read(), 10)
+    ps = vm_runtime("ps", vm_bundle.id).stdout.splitlines()  # the processes inside the guest
+    assert ps[0].startswith("PID") and ps[1].split()[0] == "1" and "trap 'exit 9' TERM" in ps[1], ps
+    assert any(ln.split(None, 1)[1] == "sleep 300" for ln in ps[2:]), ps
+    assert json.loads(vm_runtime("ps", "--format", "json", vm_bundle.id).stdout) == [st["pid"]]
     assert vm_runtime("update", "--pids-limit", "77", vm_bundle.id).returncode == 0  # guest cgroup
     assert vm_runtime("exec", vm_bundle.id, "cat", "/sys/fs/cgroup/pids.max").stdout == "77\n"
     r = vm_runtime("update", "--memory", "64g", vm_bundle.id)

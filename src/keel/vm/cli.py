@@ -25,7 +25,7 @@ Commands:
   kill      send a signal to a container's process (in the guest)
   delete    stop the VM and delete the container
   list      list containers
-  ps        list a container's host processes
+  ps        list a container's processes (inside the guest; --format json: the host pid)
   exec      run a new process in a running container
   pause     stop the container's whole VM
   resume    continue a paused VM

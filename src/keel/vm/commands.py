@@ -189,18 +189,23 @@ def cmd_list(opts, args):
 
 
 def cmd_ps(opts, args):
+    """JSON: the host pids that stand for the container (its shim), as engines map pids on the
+    host. Table: the container's processes inside the guest, with their pids there."""
     c = _load(opts, args[0])
     fmt = opts.format or "table"
     if fmt not in ("table", "json"):
         raise VMError(f"--format: unknown format {fmt!r} (table or json)")
-    # The container's processes live in the guest; on the host the shim stands for them.
-    pids = [c.pid] if c.status() in ("created", "running") else []
+    running = c.status() in ("created", "running", "paused")
     if fmt == "json":
-        print(fastjson.dumps(pids))
-    else:
-        print("PID   CMD")
-        for p in pids:
-            print(f"{p:<5} keel-vm shim for {c.id}")
+        print(fastjson.dumps([c.pid] if running else []))
+        return 0
+    print("PID (in the guest)   COMMAND")
+    if c.status() != "running":
+        return 0
+    s, _, reply = c.request({"op": "ps"}, timeout=30)
+    s.close()
+    for pid, cmd in sorted(zip(reply["pids"], reply["args"])):
+        print(f"{pid:<20} {cmd}")
 
 
 def cmd_exec(opts, args):

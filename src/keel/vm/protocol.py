@@ -29,10 +29,10 @@ import struct
 VERSION = 1
 MAX_FRAME = 16 << 20
 
-CREATE, START, EXEC, STDIN, CLOSE_STDIN, SIGNAL, RESIZE, SHUTDOWN, UPDATE = 1, 2, 3, 4, 5, 6, 7, 8, 9
+CREATE, START, EXEC, STDIN, CLOSE_STDIN, SIGNAL, RESIZE, SHUTDOWN, UPDATE, PS = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 HELLO, READY, STARTED, OUTPUT, EXIT, ERROR, DONE = 64, 65, 66, 67, 68, 69, 70
 NAMES = {CREATE: "CREATE", START: "START", EXEC: "EXEC", STDIN: "STDIN", CLOSE_STDIN: "CLOSE_STDIN",
-         SIGNAL: "SIGNAL", RESIZE: "RESIZE", SHUTDOWN: "SHUTDOWN", UPDATE: "UPDATE", HELLO: "HELLO",
+         SIGNAL: "SIGNAL", RESIZE: "RESIZE", SHUTDOWN: "SHUTDOWN", UPDATE: "UPDATE", PS: "PS", HELLO: "HELLO",
          READY: "READY", STARTED: "STARTED", OUTPUT: "OUTPUT", EXIT: "EXIT", ERROR: "ERROR", DONE: "DONE"}
 
 INT, BYTES, LIST, INTS = b"i"[0], b"b"[0], b"l"[0], b"n"[0]
@@ -51,6 +51,7 @@ FIELDS = {
     "message": (39, BYTES), "version": (40, INT), "kernel": (41, BYTES), "dev_path": (42, LIST),
     "dev_spec": (43, INTS), "mnt_prop": (44, INTS), "umask": (45, INT), "cg_key": (46, LIST),
     "cg_val": (47, LIST), "net_addr": (48, BYTES), "net_gw": (49, BYTES), "net_mtu": (50, INT),
+    "ps_pid": (51, INTS), "ps_args": (52, LIST),
 }
 _BY_KEY = {key: (name, kind) for name, (key, kind) in FIELDS.items()}
 _I64 = struct.Struct(">q")

@@ -438,7 +438,8 @@ class Shim:
                 self._drop(cl, poller)
         elif mtype == P.DONE and pid in self.by_proc:
             cl = self.by_proc.pop(pid)
-            cl.reply({"ok": True})
+            cl.reply({"ok": True, "pids": f.get("ps_pid", []),
+                      "args": [a.decode(errors="replace") for a in f.get("ps_args", [])]})
             self._drop(cl, poller)
         elif mtype == P.ERROR:
             msg = f.get("message", b"").decode(errors="replace")
@@ -528,6 +529,11 @@ class Shim:
             self._save(status=want)
             cl.reply({"ok": True})
             self._drop(cl, poller)
+        elif op == "ps":
+            cl.proc_id = self.next_id
+            self.next_id += 1
+            self.by_proc[cl.proc_id] = cl
+            self.send(P.PS, id=cl.proc_id)
         elif op == "update":
             cl.proc_id = self.next_id  # the answer (DONE or ERROR) comes back under this id
             self.next_id += 1

@@ -51,7 +51,7 @@
 
 /* message types */
 enum { M_CREATE = 1, M_START = 2, M_EXEC = 3, M_STDIN = 4, M_CLOSE_STDIN = 5, M_SIGNAL = 6,
-       M_RESIZE = 7, M_SHUTDOWN = 8, M_UPDATE = 9,
+       M_RESIZE = 7, M_SHUTDOWN = 8, M_UPDATE = 9, M_PS = 10,
        M_HELLO = 64, M_READY = 65, M_STARTED = 66, M_OUTPUT = 67, M_EXIT = 68, M_ERROR = 69, M_DONE = 70 };
 /* field keys */
 enum { K_ID = 1, K_ARGS, K_ENV, K_CWD, K_UID, K_GID, K_GROUPS, K_ROOTFS, K_READONLY, K_HOSTNAME,
@@ -59,7 +59,7 @@ enum { K_ID = 1, K_ARGS, K_ENV, K_CWD, K_UID, K_GID, K_GROUPS, K_ROOTFS, K_READO
        K_RL_HARD, K_CAP_BND, K_CAP_EFF, K_CAP_PRM, K_CAP_INH, K_CAP_AMB, K_NNP, K_TERMINAL,
        K_MASKED, K_RO_PATHS, K_SYSCTL_KEY, K_SYSCTL_VAL, K_DATA, K_STREAM, K_SIGNAL, K_ALL,
        K_ROWS, K_COLS, K_PID, K_STATUS, K_MESSAGE, K_VERSION, K_KERNEL, K_DEV_PATH, K_DEV_SPEC,
-       K_MNT_PROP, K_UMASK, K_CG_KEY, K_CG_VAL, K_NET_ADDR, K_NET_GW, K_NET_MTU, K_MAX };
+       K_MNT_PROP, K_UMASK, K_CG_KEY, K_CG_VAL, K_NET_ADDR, K_NET_GW, K_NET_MTU, K_PS_PID, K_PS_ARGS, K_MAX };
 enum { T_INT = 'i', T_BYTES = 'b', T_LIST = 'l', T_INTS = 'n' };
 
 struct field { int kind; const unsigned char *p; uint32_t len; uint32_t count; int64_t i; };
@@ -860,6 +860,56 @@ static void signal_all_in_ns(pid_t ref, int sig)
     if (d) closedir(d);
 }
 
+/* PS: every process in the container's pid namespace, as (pid there, command line). */
+static void send_ps(uint32_t id)
+{
+    char path[64], want[64], got[64];
+    if (init_pid <= 0) { send_error(id, "the container is not running"); return; }
+    snprintf(path, sizeof path, "/proc/%d/ns/pid", init_pid);
+    ssize_t n = readlink(path, want, sizeof want - 1);
+    if (n <= 0) { send_error(id, "the container is not running"); return; }
+    want[n] = 0;
+    int64_t pids[1024]; static char cmds[1024][256]; uint32_t count = 0;
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d)) && count < 1024) {
+        pid_t pid = atoi(e->d_name);
+        if (pid <= 1) continue;
+        snprintf(path, sizeof path, "/proc/%d/ns/pid", pid);
+        n = readlink(path, got, sizeof got - 1);
+        if (n <= 0) continue;
+        got[n] = 0;
+        if (strcmp(got, want)) continue;
+        /* its pid as the container sees it: the last NSpid field */
+        char status[4096]; int64_t nspid = pid;
+        snprintf(path, sizeof path, "/proc/%d/status", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t r = read(fd, status, sizeof status - 1);
+            close(fd);
+            status[r > 0 ? r : 0] = 0;
+            char *l = strstr(status, "\nNSpid:");
+            if (l) { l += 8; char *end = strchr(l, '\n'); if (end) *end = 0; char *last = strrchr(l, '\t'); nspid = atoll(last ? last + 1 : l); }
+        }
+        snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t r = fd >= 0 ? read(fd, cmds[count], sizeof cmds[count] - 1) : 0;
+        if (fd >= 0) close(fd);
+        if (r < 0) r = 0;
+        for (ssize_t i = 0; i < r; i++) if (!cmds[count][i]) cmds[count][i] = ' ';
+        while (r > 0 && cmds[count][r - 1] == ' ') r--;
+        cmds[count][r] = 0;
+        pids[count++] = nspid;
+    }
+    if (d) closedir(d);
+    begin(M_DONE); f_int(K_ID, id);
+    unsigned char h[2] = { K_PS_PID, T_INTS }; put(h, 2); put32(count);
+    for (uint32_t i = 0; i < count; i++) { put32((uint64_t)pids[i] >> 32); put32((uint32_t)pids[i]); }
+    unsigned char h2[2] = { K_PS_ARGS, T_LIST }; put(h2, 2); put32(count);
+    for (uint32_t i = 0; i < count; i++) { put32(strlen(cmds[i])); put(cmds[i], strlen(cmds[i])); }
+    send_frame();
+}
+
 static void drain(struct proc *p, int fd, int stream)
 {
     static char buf[65536];
@@ -928,6 +978,9 @@ static void handle(struct msg *m)
             struct winsize ws = { iget(m, K_ROWS, 24), iget(m, K_COLS, 80), 0, 0 };
             ioctl(p->pty, TIOCSWINSZ, &ws);
         }
+        break;
+    case M_PS:
+        send_ps(id);
         break;
     case M_UPDATE:
         if (write_cgroup(m, id) == 0) { begin(M_DONE); f_int(K_ID, id); send_frame(); }
