@@ -93,6 +93,8 @@ def test_readonly_root_and_lifecycle_verbs(vm_runtime, vm_bundle):
     assert ps[0].startswith("PID") and ps[1].split()[0] == "1" and "trap 'exit 9' TERM" in ps[1], ps
     assert any(ln.split(None, 1)[1] == "sleep 300" for ln in ps[2:]), ps
     assert json.loads(vm_runtime("ps", "--format", "json", vm_bundle.id).stdout) == [st["pid"]]
+    ev = json.loads(vm_runtime("events", "--stats", vm_bundle.id).stdout)  # the VM's host cgroup
+    assert ev["type"] == "stats" and ev["id"] == vm_bundle.id and ev["data"]["memory"]["usage"]["usage"] > 0
     assert vm_runtime("update", "--pids-limit", "77", vm_bundle.id).returncode == 0  # guest cgroup
     assert vm_runtime("exec", vm_bundle.id, "cat", "/sys/fs/cgroup/pids.max").stdout == "77\n"
     r = vm_runtime("update", "--memory", "64g", vm_bundle.id)

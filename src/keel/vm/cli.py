@@ -30,6 +30,7 @@ Commands:
   pause     stop the container's whole VM
   resume    continue a paused VM
   update    change the limits of the container's cgroup in the guest
+  events    stats of the VM's host cgroup (QEMU and virtiofsd) as JSON
   spec      write a default config.json
   features  print what this runtime supports, as JSON
 

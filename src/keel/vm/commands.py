@@ -320,12 +320,6 @@ def cmd_spec(opts, args):
         raise VMError(str(e)) from None
 
 
-def _unsupported(name):
-    def cmd(opts, args):
-        raise VMError(f"{name}: not supported by keel-vm yet")
-    return cmd
-
-
 def _pause_resume(op):
     def cmd(opts, args):
         c = _load(opts, args[0])
@@ -368,4 +362,20 @@ def cmd_update(opts, args):
         return 0
     s, _, _ = c.request({"op": "update", "cg_key": keys, "cg_val": values}, timeout=30)
     s.close()
-cmd_events = _unsupported("events")
+def cmd_events(opts, args):
+    """runc's events, from the host cgroup the VM (QEMU and virtiofsd) runs in: what the
+    container costs the host, as engines see it."""
+    from keel.runtime.errors import RuntimeError_
+    from keel.runtime.events import events, parse_interval
+
+    c = _load(opts, args[0])
+    if not c.data.get("vmCgroup"):
+        raise VMError(f"container {c.id!r} has no cgroup")
+    c.data["cgroup"] = c.data["vmCgroup"]  # in memory only: what keel.runtime.events reads
+    try:
+        interval = parse_interval(opts.interval) if opts.interval else 5.0
+        return events(c, bool(opts.stats), interval)
+    except RuntimeError_ as e:
+        raise VMError(str(e)) from None
+    except BrokenPipeError:
+        return 0
