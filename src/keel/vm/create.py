@@ -1,7 +1,6 @@
 """`create` and `run`: validate the bundle, fork the shim that boots the VM, wait for its answer."""
 
 import os
-import shutil
 import time
 
 from keel.oci import config as oci_config
@@ -77,6 +76,8 @@ def create(root, cid, bundle, console_socket=None, pid_file=None, terminal_on_st
     os.close(r)
     if not answer.startswith(b"ok"):
         os.waitpid(pid, 0)
+        import shutil
+
         shutil.rmtree(c.dir, ignore_errors=True)
         msg = answer.decode(errors="replace").strip()
         raise VMError(msg[len("error "):] if msg.startswith("error ") else

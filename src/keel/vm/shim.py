@@ -22,7 +22,6 @@ from keel.oci.config import NAMESPACE_FLAGS
 from keel.runtime import log
 from keel.vm import protocol as P
 from keel.vm.errors import VMError
-from keel.vm.qemu import VM
 from keel.vm.state import CMD_SOCKET, boot_id, proc_start_time  # noqa: F401
 
 BOOT_TIMEOUT_ENV = "KEEL_VM_BOOT_TIMEOUT"
@@ -219,6 +218,7 @@ class Shim:
         else:
             from keel.vm import assets as vm_assets
             from keel.vm.accel import choose
+            from keel.vm.qemu import VM  # the cold path only: the warm one starts no QEMU
 
             self.path = "cold"
             cache = vm_assets.cache_dir()
