@@ -147,12 +147,27 @@ def _kill_leftovers(c):
     while left and time.monotonic() < deadline:
         if time.monotonic() > grace:
             for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _kill_pinned(pid, dict(procs)[pid])
         time.sleep(0.02)
         left = running()
+
+
+def _kill_pinned(pid, start):
+    """SIGKILL `pid` through a pidfd, after checking (with the pid pinned) it is still the
+    process that started at `start`: a recycled pid is never signalled."""
+    from keel.vm.state import proc_start_time
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if proc_start_time(pid)[0] == start:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def cmd_delete(opts, args):
