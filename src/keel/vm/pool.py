@@ -415,10 +415,11 @@ def keeper_main(argv=None):
         unclaimed = ready + list(booting.values())
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid, _ in unclaimed:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+                if _our_child(pid):  # a holder reaped already may have left its pid to another
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
             deadline = time.monotonic() + (15 if sig == signal.SIGTERM else 5)  # a holder stops its VM
             while time.monotonic() < deadline and any(_alive(p) for p, _ in unclaimed):
                 _reap()
@@ -452,6 +453,15 @@ def _remove_stale(pool):
             pid, start = 0, None
         if not pid or proc_start_time(pid)[0] != start:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _our_child(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            st = f.read()
+    except OSError:
+        return False
+    return int(st[st.rindex(b")") + 2:].split()[1]) == os.getpid()
 
 
 def _alive(pid):
