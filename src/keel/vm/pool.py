@@ -421,7 +421,7 @@ def keeper_main(argv=None):
                     except ProcessLookupError:
                         pass
             deadline = time.monotonic() + (15 if sig == signal.SIGTERM else 5)  # a holder stops its VM
-            while time.monotonic() < deadline and any(_alive(p) for p, _ in unclaimed):
+            while time.monotonic() < deadline and any(_our_child(p) and _alive(p) for p, _ in unclaimed):
                 _reap()
                 time.sleep(0.05)
         import shutil
