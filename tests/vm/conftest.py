@@ -56,6 +56,17 @@ def alive(pid):
     return st[st.rindex(b")") + 2:][:1] not in (b"Z", b"X")
 
 
+def describe(pids):
+    out = {}
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                out[p] = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+        except OSError:
+            out[p] = "(gone)"
+    return out
+
+
 def kill_pids(pids):
     for p in pids:
         try:
@@ -141,6 +152,9 @@ class VMRuntime:
             self.stop_keeper()
         except OSError:
             pass
+        if os.environ.get("KEEL_VM_TEST_DEBUG"):
+            import sys as _s
+            _s.stderr.write(f"after stop_keeper: {describe(pids_mentioning(self.root))}\n")
         ours = []
         for cid in (c for c in os.listdir(self.root) if c != ".pool") if os.path.isdir(self.root) else ():
             ours += self.vm_pids(cid)
@@ -181,7 +195,7 @@ def vm_runtime(needs_root):
     try:
         yield rt
         stray = rt.cleanup()
-        assert not stray, f"processes left after delete --force: {stray}"
+        assert not stray, f"processes left after delete --force: {describe(stray)}"
         left = rt.leftovers()
         assert not left, f"left behind: {left}"
     finally:
