@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import pids_mentioning
+from conftest import alive, pids_mentioning
 
 pytestmark = pytest.mark.vm
 
@@ -183,3 +183,21 @@ def test_features_report_the_accelerator(vm_runtime):
     assert vm["accelerator"] in ("kvm", "tcg") and vm["acceleratorReason"]
     if not os.path.exists("/dev/kvm"):
         assert vm["accelerator"] == "tcg"
+
+
+def test_shim_killed_outright_takes_its_vm_along(vm_runtime, vm_bundle):
+    """QEMU drops root (-runas), which clears a death signal; it runs as pid 2 of a pid namespace
+    whose pid 1 keeps one, so a SIGKILLed shim still leaves no QEMU or virtiofsd behind."""
+    from keel.vm.qemu import descendants
+
+    vm_bundle.write(["sleep", "300"])
+    assert vm_runtime("create", "--bundle", vm_bundle.path, vm_bundle.id).returncode == 0
+    st = vm_runtime.raw_state(vm_bundle.id)
+    vm = st["vm"]
+    procs = descendants(vm["qemuPid"]) + [vm["virtiofsdPid"]]
+    assert len(procs) == 4  # A, pid 1 of QEMU's namespace, QEMU, virtiofsd
+    assert open(f"/proc/{procs[2]}/comm").read().startswith("qemu-system")
+    os.kill(st["pid"], signal.SIGKILL)  # the shim, a process this test started through create
+    assert _wait(lambda: not [p for p in procs if alive(p)], 15), procs
+    assert vm_runtime.state(vm_bundle.id)["status"] == "stopped"
+    assert vm_runtime("delete", vm_bundle.id).returncode == 0

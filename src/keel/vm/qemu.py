@@ -70,10 +70,51 @@ _QEMU_NAMESPACES = 0x40000000 | 0x08000000 | 0x04000000  # CLONE_NEWNET | CLONE_
 
 
 def _qemu_child():
+    """QEMU's start: it must die with us, but -runas clears PR_SET_PDEATHSIG when it drops root.
+    So QEMU runs as pid 2 of a pid namespace of its own whose pid 1 keeps the death signal:
+    when we die, pid 1 dies, and the kernel kills everything else in that namespace.
+    Popen's pid (A) and pid 1 (B) wait and end as QEMU ends; QEMU itself is C."""
     from keel.kernel import libc
 
     _die_with_parent()
-    libc.unshare(_QEMU_NAMESPACES)
+    libc.unshare(_QEMU_NAMESPACES | 0x20000000)  # + CLONE_NEWPID: for our children
+    b = os.fork()
+    if b:
+        _mirror(b)
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)  # B: pid 1 of the new namespace
+    c = os.fork()
+    if c:
+        _mirror(c)
+    # C: returns to subprocess, which execs QEMU
+
+
+def _mirror(pid):
+    """Wait for `pid` and end the same way; never returns. Our fds close first, subprocess's
+    error pipe among them, so only QEMU's exec (or failure) answers Popen."""
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            os._exit(255)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+
+def descendants(pid):
+    """`pid` and every process below it (from /proc/PID/task/PID/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
 
 
 class VM:

@@ -274,7 +274,9 @@ class Shim:
             self.cgroup = cg
             self.c.data["vmCgroup"] = cg.to_dict()
             self.c.save()  # recorded before anything joins: delete removes it if we die
-            for pid in (self.vm.qemu_pid, self.vm.virtiofsd_pid):
+            from keel.vm.qemu import descendants
+
+            for pid in descendants(self.vm.qemu_pid) + [self.vm.virtiofsd_pid]:
                 cg.join(pid)
         except CgroupError as e:
             raise BootError(f"the VM's cgroup: {e}") from None
