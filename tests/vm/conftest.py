@@ -152,9 +152,6 @@ class VMRuntime:
             self.stop_keeper()
         except OSError:
             pass
-        if os.environ.get("KEEL_VM_TEST_DEBUG"):
-            import sys as _s
-            _s.stderr.write(f"after stop_keeper: {describe(pids_mentioning(self.root))}\n")
         ours = []
         for cid in (c for c in os.listdir(self.root) if c != ".pool") if os.path.isdir(self.root) else ():
             ours += self.vm_pids(cid)
