@@ -179,7 +179,9 @@ def test_guest_panic_is_reported(vm_runtime, vm_bundle):
 def test_features_report_the_accelerator(vm_runtime):
     r = vm_runtime("features")
     assert r.returncode == 0, r.stderr
-    vm = json.loads(r.stdout)["vm"]
+    feats = json.loads(r.stdout)
+    assert feats["hooks"] == ["prestart", "createRuntime", "poststart", "poststop"]
+    vm = feats["vm"]
     assert vm["accelerator"] in ("kvm", "tcg") and vm["acceleratorReason"]
     if not os.path.exists("/dev/kvm"):
         assert vm["accelerator"] == "tcg"

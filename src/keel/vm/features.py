@@ -2,7 +2,6 @@
 
 import os
 
-from keel.oci.config import HOOK_KINDS  # noqa: F401 - hooks are not run by keel-vm yet: not listed
 from keel.runtime.rootfs import PROPAGATION, _FLAGS
 
 
@@ -25,7 +24,7 @@ def features():
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.1.0",
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],  # the host-side ones
         "mountOptions": sorted(set(_FLAGS) | set(PROPAGATION)),
         "linux": {
             "namespaces": ["pid", "network", "mount", "ipc", "uts", "cgroup"],
