@@ -201,6 +201,7 @@ def ensure(cache=None):
         return got
     with open(os.path.join(cache, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        _remove_abandoned(cache)
         got = _read_current(cache, ready)
         if got:
             return got
@@ -236,6 +237,20 @@ def ensure(cache=None):
         _atomic_write(ready, f"{release}\n{vmlinux}\n{initramfs}\n{_source_digest()}\n".encode())
         _remove_old(cache, keep=(agent, initramfs))
         return Assets(vmlinux, initramfs, release)
+
+
+def _remove_abandoned(cache, age=600):
+    """Work directories and temp files of a fetch, build or probe that was killed half-way."""
+    import time
+
+    for name in os.listdir(cache):
+        if name.startswith((".fetch-", ".probe-", ".tmp-", ".accel-")):
+            path = os.path.join(cache, name)
+            try:
+                if time.time() - os.lstat(path).st_mtime > age:
+                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+            except OSError:
+                pass
 
 
 def _remove_old(cache, keep, age=600):
