@@ -22,6 +22,20 @@ def _wait_ready(root, timeout=120):
     raise AssertionError(f"the pool never had a VM ready: {pool.status(root)}")
 
 
+def _gone(pid, timeout=10):
+    """The process is gone or a zombie (an orphan waits for pid 1 here to reap it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _run_kept(vm_runtime, vm_bundle, cid, log):
     vm_bundle.write(["sh", "-c", f"echo {cid} > /{cid}; exit 6"], readonly=False)
     r = vm_runtime("--debug", "--log", log, "run", "--keep", "--bundle", vm_bundle.path, cid)
@@ -30,7 +44,7 @@ def _run_kept(vm_runtime, vm_bundle, cid, log):
         assert f.read() == cid + "\n"
     with open(os.path.join(vm_runtime.root, cid, "state.json")) as f:
         vm = json.load(f)["vm"]
-    assert not os.path.exists(f"/proc/{vm['qemuPid']}")  # used once, then discarded
+    assert _gone(vm["qemuPid"])  # used once, then discarded
     assert vm_runtime("delete", cid).returncode == 0
     return vm
 
