@@ -12,9 +12,8 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine"))
-import engine_helpers  # noqa: E402
 from engine_helpers import RUNTIMES  # noqa: E402
-from test_containers import Keel  # noqa: E402
+from test_containers import Keel, no_leftovers  # noqa: E402,F401  (the leak check)
 
 IMAGE = "localhost/busybox:latest"
 
@@ -33,18 +32,6 @@ class KeelIO(Keel):
         else:
             r.stderr = r.stderr.decode(errors="replace")
         return r
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers(tmp_path):
-    """The leak check of the container tests, minus the machine-wide count of network
-    namespaces (suites running at the same time make theirs; these tests make none, and any
-    mount of theirs would be under tmp_path, which is checked)."""
-    before = engine_helpers.snapshot()
-    yield
-    before["netns"] = engine_helpers._netns()
-    problems = [p for p in engine_helpers.leftovers(tmp_path, before) if not p.startswith("network namespaces")]
-    assert not problems, "left behind: " + "; ".join(problems)
 
 
 @pytest.fixture(params=RUNTIMES)

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-import engine_helpers
 from engine_helpers import RUNTIMES
 from keel.engine import Engine, logs, ops, stats
 from keel.engine.errors import ContainerNotFound, EngineError, InvalidState
@@ -14,18 +13,6 @@ from keel.image.snapshot import is_mounted
 
 IMAGE = "localhost/busybox:latest"
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers(tmp_path):
-    """The engine tests' leak check, minus the machine-wide count of network namespaces
-    (other suites running at the same time make theirs): these tests make none, and any
-    mount of theirs is under tmp_path, which is checked."""
-    before = engine_helpers.snapshot()
-    yield
-    before["netns"] = engine_helpers._netns()
-    problems = [p for p in engine_helpers.leftovers(tmp_path, before) if not p.startswith("network namespaces")]
-    assert not problems, "left behind: " + "; ".join(problems)
 
 
 @pytest.fixture
