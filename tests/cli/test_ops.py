@@ -271,7 +271,9 @@ def test_logs_follow_across_log_restarts(keel):
     assert os.path.getsize(log) <= 8192
 
 
-def test_system_prune_volumes_and_cp_into_a_stopped_containers_volume(keel, tmp_path):
+def test_system_prune_volumes_networks_and_cp_into_a_stopped_containers_volume(keel, tmp_path):
+    env = {"KEEL_NETWORK_CONFIG_DIR": str(tmp_path / "net.d")}
+    keel.ok("network", "create", "-o", "masquerade=false", "--subnet", "10.97.31.0/24", "unusednet", env=env)
     keel.ok("volume", "create", "unused")
     keel.run("--name", "v", "-v", "kept:/data", IMAGE, "sh", "-c", "cat /data/note 2>/dev/null || echo none")
     (tmp_path / "note").write_text("copied in\n")
@@ -283,8 +285,10 @@ def test_system_prune_volumes_and_cp_into_a_stopped_containers_volume(keel, tmp_
     assert [e["Names"][0] for e in keel.ps("-f", "volume=kept")] == ["v"]
     assert [e["Names"][0] for e in keel.ps("-f", "volume=/data")] == ["v"]
     assert keel.ps("-f", "volume=unused") == []
-    out = keel.ok("system", "prune", "-f", "--volumes").splitlines()
+    out = keel.ok("system", "prune", "-f", "--volumes", env=env).splitlines()
     i = out.index("Deleted Volumes")
     assert out[i + 1:i + 3] == ["kept", "unused"]                      # kept's container went first
     assert keel.ok("volume", "ls", "-q").split() == []                # v was stopped: pruned first
+    i = out.index("Deleted Networks")
+    assert out[i + 1] == "unusednet" and keel.ok("network", "ls", "-q", env=env).split() == ["keel"]
     assert out[-1].startswith("Total reclaimed space: ")

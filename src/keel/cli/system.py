@@ -22,7 +22,7 @@ def register(sub):
     from keel.cli.containers import _Parser
 
     ssub = system.add_subparsers(dest="system_command", metavar="COMMAND", parser_class=_Parser)
-    p = _strict(ssub.add_parser("prune", help="remove stopped containers and dangling images"))
+    p = _strict(ssub.add_parser("prune", help="remove stopped containers, unused networks and dangling images"))
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("-a", "--all", action="store_true", help="every image no container uses, not only dangling ones")
     p.add_argument("--volumes", action="store_true", help="also volumes no container uses")
@@ -91,7 +91,8 @@ def cmd_system_prune(args):
     from keel.engine import ops
     from keel.engine.stats import human_size
 
-    what = ["all stopped containers", "all dangling images" if not args.all else
+    what = ["all stopped containers", "all networks not used by at least one container",
+            "all dangling images" if not args.all else
             "all images without at least one container associated to them"]
     if args.volumes:
         what.append("all volumes not used by at least one container")
@@ -109,5 +110,8 @@ def cmd_system_prune(args):
     images, ifreed = ops.prune_images(eng, all=args.all)
     freed += ifreed
     _section("Deleted Images", images)
+    from keel.engine import network
+
+    _section("Deleted Networks", network.prune_networks(eng))
     print(f"Total reclaimed space: {human_size(freed)}")
     sys.stdout.flush()

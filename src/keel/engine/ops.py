@@ -436,6 +436,7 @@ def info(engine) -> dict:
             "kernel": platform.release(),
             "memFree": mem.get("MemFree", 0),
             "memTotal": mem.get("MemTotal", 0),
+            "networkBackend": "cni",
             "ociRuntime": dict({"name": default, "package": "keel"},
                                **runtimes.get(default, {"path": "", "version": ""})),
             "os": "linux",
