@@ -292,3 +292,37 @@ def test_system_prune_volumes_networks_and_cp_into_a_stopped_containers_volume(k
     i = out.index("Deleted Networks")
     assert out[i + 1] == "unusednet" and keel.ok("network", "ls", "-q", env=env).split() == ["keel"]
     assert out[-1].startswith("Total reclaimed space: ")
+
+
+@pytest.fixture(params=RUNTIMES)
+def netkeel(request, tmp_path, oci_busybox):
+    from test_network_cli import _keel
+
+    yield from _keel(tmp_path, oci_busybox, request.param)
+
+
+def test_stats_net_io_of_a_container_on_a_network(netkeel):
+    from keel.engine.stats import human_size
+
+    name, _bridge = netkeel.network()
+    gateway = json.loads(netkeel.ok("network", "inspect", name))[0]["subnets"][0]["gateway"]
+    netkeel.ok("run", "--runtime", netkeel.runtime, "-d", "--name", "n", "--network", name, IMAGE, "sh", "-c",
+               f"ping -c 3 -i 0.2 -W 1 {gateway} >/dev/null; echo pinged; sleep 1000")
+    deadline = time.monotonic() + 20
+    while "pinged" not in netkeel.ok("logs", "n"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pid = [e for e in netkeel.ps() if e["Names"] == ["n"]][0]["Pid"]
+    def eth0():
+        with open(f"/proc/{pid}/net/dev") as f:
+            fields = [ln.split(":", 1)[1].split() for ln in f if ln.strip().startswith("eth0:")][0]
+        return int(fields[0]), int(fields[8])
+
+    for _ in range(10):   # a stray ARP or router solicitation may move the counters: read around it
+        before = eth0()
+        e = json.loads(netkeel.ok("stats", "--no-stream", "--format", "json", "n"))[0]
+        if eth0() == before:
+            break
+    rx, tx = before
+    assert rx > 3 * 84 and tx > 3 * 84                                # three pings, both ways
+    assert e["net_io"] == f"{human_size(rx)} / {human_size(tx)}"
