@@ -68,8 +68,9 @@ def sample(c: dict) -> dict:
     if host and (not limit or limit > host):
         limit = host  # "no limit" reads as a huge number: the host's memory is the real cap
     blk = (st.get("blkio") or {}).get("ioServiceBytesRecursive") or []
-    network = (c.get("options") or {}).get("network", "none")
-    rx, tx = net_io(c["pid"]) if network != "host" and c.get("pid") else (0, 0)
+    opts = c.get("options") or {}
+    host = ((opts.get("net") or {}).get("mode") or opts.get("network")) == "host"
+    rx, tx = net_io(c["pid"]) if not host and c.get("pid") else (0, 0)   # the host's are not its own
     return {
         "id": c["id"], "name": c["name"], "time": now, "started": c.get("started") or now,
         "cpu_ns": ((st.get("cpu") or {}).get("usage") or {}).get("total", 0),
