@@ -69,6 +69,12 @@ def register(sub, group=False):
     p.add_argument("-a", "--all", action="store_true", help="all containers (default: running ones)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the ids")
     p.add_argument("--format", help="json, or table (default)")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="id, name, label, status, exited, ancestor, before, since, until, volume (implies --all)")
+    p.add_argument("-n", "--last", type=int, default=-1, metavar="N", help="the N last created containers (implies --all)")
+    p.add_argument("-l", "--latest", action="store_true", help="the last created container (implies --all)")
+    p.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    p.add_argument("-s", "--size", action="store_true", help="sizes of the writable layers")
 
     p = add("logs", cmd_logs, "print a container's logs")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
@@ -128,6 +134,9 @@ def register(sub, group=False):
         p.add_argument("--rm", action="store_true", help="also remove the container")
         p.add_argument("--exec", metavar="SESSION", help="clean up this exec session only")
         p.add_argument("container", metavar="CONTAINER")
+        from keel.cli import ops
+
+        ops.register(sub, group=True)
         return
 
     if "inspect" in sub.choices:   # the image command: containers are looked up first
@@ -174,6 +183,8 @@ def _create_flags(p):
     p.add_argument("--stop-signal", help="signal to stop the container (default: the image's, or SIGTERM)")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS", help="seconds stop waits before SIGKILL (default 10)")
     runopts.add_flags(p)
+    p.add_argument("--log-opt", action="append", default=[], metavar="max-size=SIZE",
+                   help="max-size=10m: the log starts afresh past SIZE bytes (conmon's --log-size-max)")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
 
@@ -229,6 +240,23 @@ def _labels(items):
     return labels
 
 
+def _log_opts(items):
+    """--log-opt max-size=SIZE (bytes, or with k/m/g, docker's units) -> bytes or None."""
+    from keel.engine.errors import EngineError
+    import re
+
+    size = None
+    for item in items:
+        key, sep, value = item.partition("=")
+        if key != "max-size" or not sep:
+            raise EngineError(f"--log-opt {item!r}: unknown log option (max-size=SIZE is supported)")
+        m = re.fullmatch(r"(-1|\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", value.strip().lower())
+        if not m:
+            raise EngineError(f"--log-opt {item!r}: invalid size (e.g. 8192, 512k, 10m)")
+        size = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+    return size
+
+
 def _entrypoint(value):
     from keel.engine.errors import EngineError
 
@@ -275,7 +303,8 @@ def _create(args, eng):
                       console_size=_terminal().caller_window_size() if args.tty else None,
                       ports=_published(args, eng), dns=args.dns, dns_search=args.dns_search,
                       dns_options=args.dns_option, add_hosts=args.add_host, ip=args.ip,
-                      network_aliases=args.network_alias)
+                      network_aliases=args.network_alias,
+                      log_size_max=_log_opts(args.log_opt))
 
 
 def _terminal():
@@ -450,7 +479,7 @@ def ps_entry(c, eng=None):
         "Mounts": [m["destination"] for m in (c["options"].get("run") or {}).get("mounts", [])],
         "Names": [c["name"]],
         "Networks": list((c["options"].get("net") or {}).get("networks") or []),
-        "Pid": c["pid"] if c["state"] == "running" else 0,
+        "Pid": c["pid"] if c["state"] in ("running", "paused") else 0,
         "Pod": "",
         "PodName": "",
         "Ports": [{"host_ip": p["hostIP"], "container_port": p["containerPort"], "host_port": p["hostPort"],
@@ -465,24 +494,47 @@ def cmd_ps(args):
     from keel.cli.images import print_table
     from keel.engine.errors import EngineError
 
+    from keel.engine import ops
+
     fmt = (args.format or "table").lower()
     if fmt not in ("json", "table"):
         raise EngineError(f"--format {args.format!r}: json or table")
+    filters = ops.parse_filters(args.filter)
+    if args.latest:
+        args.last = 1
     eng = _engine(args)
-    cs = sorted(eng.containers(all=args.all), key=lambda c: c["created"], reverse=True)
+    everything = args.all or bool(filters) or args.last >= 0
+    cs = sorted(eng.containers(all=everything), key=lambda c: c["created"], reverse=True)
+    cs = ops.filter_containers(eng, cs, filters)
+    if args.last >= 0:
+        cs = cs[:args.last]
+    idlen = 64 if args.no_trunc else 12
     if args.quiet:
         for c in cs:
-            print(c["id"][:12])
+            print(c["id"][:idlen])
         return
+    sizes = {c["id"]: ops.ps_size(eng, c) for c in cs} if args.size else {}
     if fmt == "json":
-        print(json.dumps([ps_entry(c, eng) for c in cs], indent=4))
+        out = [ps_entry(c, eng) for c in cs]
+        for e in out:
+            if args.size:
+                e["Size"] = sizes[e["Id"]]
+        print(json.dumps(out, indent=4))
         return
+    from keel.cli.images import human_size
+
     rows = []
     for c in cs:
         cmd = " ".join(_argv(c))
-        rows.append([c["id"][:12], c["image_name"], cmd if len(cmd) <= 20 else cmd[:17] + "...",
-                     _ago(c["created"]) + " ago", _status(c), _ports_column(eng, c), c["name"]])
-    print_table(rows, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"])
+        row = [c["id"][:idlen], c["image_name"],
+               cmd if args.no_trunc or len(cmd) <= 20 else cmd[:17] + "...",
+               _ago(c["created"]) + " ago", _status(c), _ports_column(eng, c), c["name"]]
+        if args.size:
+            s = sizes[c["id"]]
+            row.append(f"{human_size(s['rwSize'])} (virtual {human_size(s['rootFsSize'])})")
+        rows.append(row)
+    print_table(rows, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
+                + (["SIZE"] if args.size else []))
 
 
 def _ports_column(eng, c):
@@ -690,12 +742,12 @@ def inspect_entry(eng, c):
             "OciVersion": cfg.get("ociVersion", ""),
             "Status": c["state"],
             "Running": c["state"] == "running",
-            "Paused": False,
+            "Paused": c["state"] == "paused",
             "Restarting": False,
             "OOMKilled": c["state"] == "exited" and os.path.exists(os.path.join(bundle, "oom")),
             "Dead": False,
-            "Pid": c["pid"] if c["state"] == "running" else 0,
-            "ConmonPid": c["conmon_pid"] if c["state"] in ("initialized", "running") else 0,
+            "Pid": c["pid"] if c["state"] in ("running", "paused") else 0,
+            "ConmonPid": c["conmon_pid"] if c["state"] in ("initialized", "running", "paused") else 0,
             "ExitCode": c["exit_code"] if c["exit_code"] is not None else 0,
             "Error": c["error"],
             "StartedAt": format_time(c["started"]),

@@ -19,7 +19,10 @@ Life of a container (podman's states): `create` claims the name in the database,
 snapshot and writes the bundle (state "created"); `start` launches conmon, which runs
 `RUNTIME create`, then runs `RUNTIME start` ("running"); when the process exits conmon writes
 the exit file and runs `keel container cleanup ID`, which records the exit ("exited") and
-deletes the runtime's state (and so its cgroup); `--rm` containers are removed there too. A
+deletes the runtime's state (and so its cgroup) and unmounts the rootfs overlay (mounted only
+while the container runs, as podman does: `start` mounts it, `cp` mounts a stopped container's
+for the copy); `--rm` containers are removed there too. `pause`/`unpause` run the runtime's
+pause/resume ("paused"); kill and rm -f of a paused container thaw it after SIGKILL. A
 container's state is always re-read from the exit file and conmon's liveness (pid, start time
 and boot id) before it is shown or acted on, so another `keel` process, a restarted one, or one
 after a reboot sees the truth: a container whose conmon is gone without an exit file is
@@ -47,7 +50,7 @@ from keel.engine.errors import (ContainerNotFound, EngineError, InvalidState, Mo
 
 DEFAULT_STOP_TIMEOUT = 10
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
-RUNNING_STATES = ("initialized", "running", "unknown")
+RUNNING_STATES = ("initialized", "running", "paused", "unknown")
 
 
 def parse_signal(value) -> int:
@@ -201,8 +204,9 @@ class Engine:
                ports: list[str] | None = None, dns: list[str] | None = None,
                dns_search: list[str] | None = None, dns_options: list[str] | None = None,
                add_hosts: list[str] | None = None, ip: str | None = None,
-               network_aliases: list[str] | None = None) -> dict:
-        """Make a container (state "created"): name claimed, snapshot mounted, bundle written.
+               network_aliases: list[str] | None = None,
+               log_size_max: int | None = None) -> dict:
+        """Make a container (state "created"): name claimed, snapshot prepared, bundle written.
         `run_options` are the security, resource and storage options from specgen.parse().
         interactive: keep its stdin open for attach clients (-i); tty: give it a pty (-t),
         first sized console_size (rows, cols)."""
@@ -217,6 +221,9 @@ class Engine:
             raise EngineError(f"invalid container name {name!r}: [a-zA-Z0-9][a-zA-Z0-9_.-]* is allowed")
         if stop_timeout is not None and stop_timeout < 0:
             raise EngineError(f"--stop-timeout {stop_timeout}: must not be negative")
+        if log_size_max is not None and 0 <= log_size_max < monitor.MIN_LOG_SIZE:
+            raise EngineError(f"log size max {log_size_max}: must be negative (no limit) or at least "
+                              f"{monitor.MIN_LOG_SIZE} bytes")
         runtime_path = ociruntime.find(runtime)
         from keel.image.errors import ImageError
 
@@ -234,6 +241,7 @@ class Engine:
                    "workdir": workdir, "user": user, "hostname": hostname, "network": network, "net": net,
                    "remove": bool(remove), "stop_signal": stop_sig,
                    "stop_timeout": DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout,
+                   "log_size_max": log_size_max,
                    "run": specgen.add_image_volumes(
                        run_options if run_options is not None else specgen.parse(network=network), img_cfg),
                    "interactive": bool(interactive), "tty": bool(tty)}
@@ -271,6 +279,8 @@ class Engine:
             specgen.apply(spec, options["run"], volumes=self.volumes, rootfs=rootfs, network=network,
                           used_elsewhere=lambda v: _volumes.used_elsewhere(self, v, cid))
             _write_config(self.bundle_dir(cid), spec)
+            with self._lock(cid):           # mounted only while it runs: start mounts it
+                self._unmount_rootfs(cid)
             self.db.update(cid, config=spec, state="created")
         except ImageError as e:
             self._discard(cid, volumes=True)
@@ -308,6 +318,8 @@ class Engine:
             c = self._sync(self.db.find(c["id"]))
             if c["state"] == "running":
                 return c
+            if c["state"] == "paused":
+                raise InvalidState(f"container {c['name']} is paused: unpause it")
             if c["state"] in ("initialized", "unknown"):
                 raise InvalidState(f"container {c['name']} is {c['state']}: remove it with rm -f")
             if c["state"] not in ("created", "exited"):
@@ -316,6 +328,7 @@ class Engine:
             rt = self.runtime(c)
             if c["state"] == "exited":
                 rt.delete(cid, force=True)   # a restart: drop what cleanup may not have
+            self._mount_rootfs(cid)          # mounted only while it runs (podman's habit)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.exit_dir, cid))
             bundle = self.bundle_dir(cid)
@@ -329,11 +342,13 @@ class Engine:
                     bundle=bundle, log_path=c["log_path"], exit_dir=self.exit_dir,
                     exit_command=self.exit_command(cid, c["options"].get("remove", False)),
                     runtime_log=os.path.join(bundle, "oci-log"),
-                    terminal=c["options"].get("tty", False), stdin=c["options"].get("interactive", False))
+                    terminal=c["options"].get("tty", False), stdin=c["options"].get("interactive", False),
+                    log_size_max=c["options"].get("log_size_max"))
             except MonitorFailed as e:
                 with contextlib.suppress(EngineError):
                     rt.delete(cid, force=True)
                 _network.teardown(self, cid)
+                self._unmount_rootfs(cid)
                 self.db.update(cid, state="exited" if c["state"] == "exited" else "created", error=str(e))
                 msg = str(e)
                 raise MonitorFailed(msg if msg.startswith(rt.name) else f"{rt.name}: {msg}") from None
@@ -402,11 +417,63 @@ class Engine:
         if c["state"] not in RUNNING_STATES:
             raise InvalidState(f"can only kill running containers: {c['name']} is in state {c['state']}")
         try:
-            self.runtime(c).kill(c["id"], sig)
+            self._send_signal(c, sig)
         except RuntimeFailed:
             if self.get(c["id"])["state"] in RUNNING_STATES:
                 raise
         return c
+
+    def _send_signal(self, c: dict, sig: int) -> None:
+        """Signal the container; a paused one is thawed after SIGKILL so that it dies (a
+        frozen v1 cgroup holds even SIGKILL), as podman's rm -f and docker's kill do."""
+        rt = self.runtime(c)
+        rt.kill(c["id"], sig)
+        if c["state"] == "paused" and sig == _signal.SIGKILL:
+            with contextlib.suppress(RuntimeFailed):
+                rt.resume(c["id"])
+            with contextlib.suppress(ContainerNotFound):
+                self.db.update(c["id"], state="running")
+
+    # -- pause ---------------------------------------------------------------------------------------
+
+    def pause(self, ref: str) -> dict:
+        """Freeze every process of a running container (`RUNTIME pause`)."""
+        return self._set_paused(ref, True)
+
+    def unpause(self, ref: str) -> dict:
+        """Thaw a paused container (`RUNTIME resume`)."""
+        return self._set_paused(ref, False)
+
+    def _set_paused(self, ref: str, pause: bool) -> dict:
+        c = self.db.find(ref)
+        want, verb = ("running", "pause") if pause else ("paused", "unpause")
+        with self._lock(c["id"]):
+            c = self._sync(self.db.find(c["id"]))
+            if c["state"] != want:
+                raise InvalidState(f"container {c['name']} is not {want}, can't {verb}: it is {c['state']}")
+            rt = self.runtime(c)
+            (rt.pause if pause else rt.resume)(c["id"])
+            self.db.update(c["id"], state="paused" if pause else "running")
+            return self.db.get(c["id"])
+
+    # -- the rootfs mount -----------------------------------------------------------------------------
+
+    def _mount_rootfs(self, cid: str) -> str:
+        """Mount the container's overlay (unmounted while it is not running); lock held."""
+        from keel.image.errors import ImageError
+
+        try:
+            return self.snapshotter.mount(cid)
+        except ImageError as e:
+            raise EngineError(str(e)) from None
+
+    def _unmount_rootfs(self, cid: str) -> None:
+        """Unmount the overlay of a container that no longer runs (best effort: rm and start
+        cope with a mounted one); lock held."""
+        from keel.image.errors import ImageError
+
+        with contextlib.suppress(ImageError, OSError):
+            self.snapshotter.unmount(cid)
 
     def stop(self, ref: str, timeout: int | None = None) -> dict:
         """The stop signal, then SIGKILL after `timeout` seconds (the container's stop timeout
@@ -414,6 +481,8 @@ class Engine:
         c = self.get(ref)
         if c["state"] not in RUNNING_STATES:
             return c
+        if c["state"] == "paused":
+            raise InvalidState(f"can only stop created or running containers: {c['name']} is paused")
         t = c["options"].get("stop_timeout", DEFAULT_STOP_TIMEOUT) if timeout is None else timeout
         rt = self.runtime(c)
         done = None
@@ -453,6 +522,8 @@ class Engine:
                 self.db.update(c["id"], error="network teardown: " + errors[0])
             if remove:
                 self._remove_locked(c)
+            else:
+                self._unmount_rootfs(c["id"])
 
     def remove(self, ref: str, force: bool = False, timeout: float = 10.0,
                volumes: bool = False) -> str:
@@ -465,7 +536,7 @@ class Engine:
                                    "stop it first or use rm -f")
             rt = self.runtime(c)
             with contextlib.suppress(RuntimeFailed):
-                rt.kill(c["id"], 9)
+                self._send_signal(c, _signal.SIGKILL)
             if c["state"] == "unknown" or self._wait_exit(c["id"], timeout) is None:
                 with contextlib.suppress(RuntimeFailed):
                     rt.delete(c["id"], force=True)

@@ -110,15 +110,48 @@ def tail(entries: list[Entry], n: int) -> list[Entry]:
 
 
 def follow(path: str, done, offset: int = 0, interval: float = 0.05):
-    """Yield entries appended to `path` from `offset` until done() is true, then the rest."""
-    while True:
-        finished = done()
-        entries, offset = read_entries(path, offset)
-        yield from entries
-        if finished:
-            return
-        if not entries:
+    """Yield entries appended to `path` from `offset` until done() is true, then the rest.
+    A log started afresh (conmon's --log-size-max renames a new file over it, or truncates it)
+    is followed like `tail -F`: the old file is read to its end, then the new one from its start."""
+    f, buf = None, b""
+    try:
+        while True:
+            finished = done()
+            if f is None:
+                try:
+                    f = open(path, "rb")
+                    f.seek(offset)
+                except FileNotFoundError:
+                    f = None
+            data = f.read() if f is not None else b""
+            if not data and f is not None and _replaced(path, f):
+                data = f.read()   # written before the switch, after our last read
+                if not data:
+                    f.close()
+                    f, buf, offset = None, b"", 0
+                    continue
+            if data:
+                buf += data
+                end = buf.rfind(b"\n")
+                if end >= 0:
+                    lines, buf = buf[:end].split(b"\n"), buf[end + 1:]
+                    yield from (e for e in map(parse_line, lines) if e is not None)
+                continue
+            if finished:
+                return
             time.sleep(interval)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _replaced(path: str, f) -> bool:
+    """Has the log at `path` been replaced by a new file, or truncated below our position?"""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_ino != os.fstat(f.fileno()).st_ino or st.st_size < f.tell()
 
 
 def log_size(path: str) -> int:

@@ -23,6 +23,7 @@ from keel.engine.errors import MonitorFailed
 
 CONMON = "conmon"
 SYNC_TIMEOUT = 120.0
+MIN_LOG_SIZE = 8192  # podman's floor for --log-opt max-size
 
 
 def find_conmon() -> str:
@@ -87,13 +88,16 @@ def console_tmpdir(env: dict, terminal: bool):
 
 def launch(*, cid: str, name: str, runtime_path: str, runtime_root: str, bundle: str,
            log_path: str, exit_dir: str, exit_command: list[str], runtime_log: str,
-           terminal: bool = False, stdin: bool = False) -> tuple[int, int]:
+           terminal: bool = False, stdin: bool = False,
+           log_size_max: int | None = None) -> tuple[int, int]:
     """Start conmon for container `cid` (bundle already written); wait for the runtime's create.
     Returns (container pid, conmon pid). MonitorFailed carries the runtime's error.
 
     terminal: conmon takes the pty master the runtime sends to its console socket (-t);
     else stdin: conmon keeps a pipe to the container's stdin for attach clients (-i). As in
-    podman, -t alone carries stdin too: the pty master is the container's input."""
+    podman, -t alone carries stdin too: the pty master is the container's input.
+    log_size_max: conmon starts the log afresh when the next write would pass that many bytes
+    (podman's --log-opt max-size)."""
     conmon = find_conmon()
     pidfile = os.path.join(bundle, "pidfile")
     conmon_pidfile = os.path.join(bundle, "conmon.pid")
@@ -104,6 +108,8 @@ def launch(*, cid: str, name: str, runtime_path: str, runtime_root: str, bundle:
             "--runtime-arg", "--log-format=json", "--runtime-arg", "--log",
             "--runtime-arg", runtime_log, "--conmon-pidfile", conmon_pidfile,
             *(["-t"] if terminal else ["-i"] if stdin else []), "--exit-command", exit_command[0]]
+    if log_size_max is not None and log_size_max > 0:
+        argv += ["--log-size-max", str(log_size_max)]
     for a in exit_command[1:]:
         argv += ["--exit-command-arg", a]
     r, w = os.pipe()

@@ -95,3 +95,20 @@ class OCIRuntime:
             return json.loads(r.stdout)
         except ValueError:
             raise RuntimeFailed(f"{self.name} state: not JSON: {r.stdout[:80]!r}") from None
+
+    def pause(self, cid: str) -> None:
+        self._check(self._run("pause", cid), "pause")
+
+    def resume(self, cid: str) -> None:
+        self._check(self._run("resume", cid), "resume")
+
+    def ps(self, cid: str) -> list[int]:
+        """Host pids of every process in the container (`ps --format json`)."""
+        r = self._check(self._run("ps", "--format", "json", cid), "ps")
+        try:
+            pids = json.loads(r.stdout or "null") or []
+        except ValueError:
+            raise RuntimeFailed(f"{self.name} ps: not JSON: {r.stdout[:80]!r}") from None
+        if not isinstance(pids, list) or not all(isinstance(p, int) for p in pids):
+            raise RuntimeFailed(f"{self.name} ps: expected a list of pids, got {r.stdout[:80]!r}")
+        return sorted(pids)

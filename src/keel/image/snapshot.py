@@ -358,6 +358,27 @@ class Snapshotter:
         _check_key(key)
         return self._p("active", key, "rootfs")
 
+    def mount(self, key: str) -> str:
+        """Mount a container snapshot again after unmount() (a no-op when it is mounted);
+        returns the rootfs. Callers serialise calls per key (the engine holds its lock)."""
+        _check_key(key)
+        with self._shared():
+            adir = self._p("active", key)
+            info = _read_json(os.path.join(adir, "info.json"))
+            if info is None:
+                raise ImageError(f"snapshot {key}: no such snapshot")
+            rootfs = os.path.join(adir, "rootfs")
+            if not is_mounted(rootfs):
+                self._mount_overlay(info["chains"], rootfs, 0, os.path.join(adir, "upper"),
+                                    os.path.join(adir, "work"))
+            return rootfs
+
+    def unmount(self, key: str) -> None:
+        """Unmount a container snapshot, keeping its upper dir (mount() brings it back)."""
+        _check_key(key)
+        with self._shared():
+            self._umount(self._p("active", key, "rootfs"))
+
     def snapshots(self) -> list[str]:
         """Keys of the active (container) snapshots."""
         return sorted(os.listdir(self._p("active")))

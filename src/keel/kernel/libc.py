@@ -5,6 +5,7 @@ Each wrapper names the call and its arguments in the error, crun-style:
 """
 
 import ctypes
+import errno
 import os
 
 from keel.kernel.errors import KernelError
@@ -182,13 +183,26 @@ class _OpenHow(ctypes.Structure):
 
 
 def openat2(dirfd, path, flags, resolve, mode=0):
-    """openat2(2); raises OSError (with errno) so callers can react to ENOENT etc."""
+    """openat2(2); raises OSError (with errno) so callers can react to ENOENT etc. EAGAIN
+    (a rename or mount anywhere raced a '..' under RESOLVE_IN_ROOT/BENEATH) is retried."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    fd = _syscall(SYS_OPENAT2, dirfd, _b(path), ctypes.byref(how), ctypes.sizeof(how))
-    if fd < 0:
+    for _ in range(256):
+        fd = _syscall(SYS_OPENAT2, dirfd, _b(path), ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0:
+            return fd
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return fd
+        if err != errno.EAGAIN:
+            break
+    raise OSError(err, os.strerror(err), path)
+
+
+def fstatfs_type(fd):
+    """f_type of fstatfs(2) (PROC_SUPER_MAGIC, SYSFS_MAGIC, ...) of the filesystem of `fd`."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64; f_type first
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ctypes.c_long.from_buffer(buf).value
 
 
 class _CapHeader(ctypes.Structure):
