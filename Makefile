@@ -7,11 +7,11 @@ PY := $(VENV)/bin/python
 HOST_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
 export DEBIAN_FRONTEND := noninteractive
 
-APT_BASE := python3-venv busybox-static libseccomp2 procps iproute2
+APT_BASE := python3-venv busybox-static libseccomp2 procps iproute2 conmon containernetworking-plugins iptables
 # keel-vm: QEMU (virtiofsd ships with it), lz4 to unpack the guest kernel, gcc for the guest agent
 APT_VM := qemu-system-x86 lz4 gcc libc6-dev
-APT_TEST := $(APT_BASE) runc crun podman containerd conmon catatonit tini uidmap \
-	docker-registry skopeo umoci containernetworking-plugins iptables $(APT_VM)
+APT_TEST := $(APT_BASE) runc crun podman containerd catatonit tini uidmap \
+	docker-registry skopeo umoci $(APT_VM)
 
 PYTEST_ARGS ?=
 ifneq ($(SKIP_VM),)

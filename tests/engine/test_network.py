@@ -247,7 +247,7 @@ def _nothing_left(eng):
     assert _ns_files(eng) == []
 
 
-def test_bad_input_leaves_nothing(nets):
+def test_bad_input_leaves_nothing(nets, monkeypatch):
     eng = nets.engine
     net = nets.create()
     for kw, error in [
@@ -274,7 +274,10 @@ def test_bad_input_leaves_nothing(nets):
     # -p without --network means the default network (only planned here: no container starts)
     c = eng.create(IMAGE, ["true"], ports=["80"])
     assert c["options"]["network"] == "bridge" and c["options"]["net"]["networks"] == ["keel"]
-    assert eng.create(IMAGE, ["true"])["options"]["net"]["mode"] == "none"
+    assert eng.create(IMAGE, ["true"])["options"]["net"]["mode"] == "none"   # tests/conftest.py
+    monkeypatch.delenv("KEEL_DEFAULT_NETWORK")
+    c = eng.create(IMAGE, ["true"])              # a user's default: the default bridge network
+    assert c["options"]["net"]["mode"] == "cni" and c["options"]["net"]["networks"] == ["keel"]
     for c in eng.containers():
         eng.remove(c["id"])
     with pytest.raises(NetworkError, match="--subnet 10.0.0.1/24: .*has host bits set"):

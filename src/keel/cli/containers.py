@@ -166,8 +166,8 @@ def _create_flags(p):
     p.add_argument("--runtime", help="OCI runtime name or path (default keel-runtime; runc, crun, ...)")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY[=VALUE]", help="set a label")
     p.add_argument("--network", "--net", metavar="MODE",
-                   help="none (an empty network namespace; the default without -p), host, bridge (the "
-                        "default network; the default with -p), NAME[,NAME...] (CNI networks) or container:NAME|ID")
+                   help="bridge (the default network; the default, or env KEEL_DEFAULT_NETWORK), none (an "
+                        "empty network namespace), host, NAME[,NAME...] (CNI networks) or container:NAME|ID")
     p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
                    help="publish a container port on the host (through the CNI portmap plugin)")
     p.add_argument("-P", "--publish-all", action="store_true",

@@ -106,6 +106,15 @@ def _parse_port(spec):
              "protocol": proto} for i in range(c[1] - c[0] + 1)]
 
 
+DEFAULT_MODE_ENV = "KEEL_DEFAULT_NETWORK"
+
+
+def default_mode() -> str:
+    """--network when none is given: the default bridge network, as Docker and podman (root)
+    do; env KEEL_DEFAULT_NETWORK changes it (the test suite says "none": tests never NAT)."""
+    return os.environ.get(DEFAULT_MODE_ENV) or "bridge"
+
+
 def plan(engine, mode: str, *, ports=None, dns=None, dns_search=None, dns_options=None,
          add_hosts=None, hostname=None, ip=None, aliases=None) -> dict:
     """Check what was asked for (before anything is made) and return it as the container's
@@ -115,7 +124,7 @@ def plan(engine, mode: str, *, ports=None, dns=None, dns_search=None, dns_option
     if hostname is not None and (len(hostname) > 64 or not hosts.valid_hostname(hostname)):
         raise NetworkError(f"--hostname {hostname!r}: not a valid host name (letters, digits, '-', '_', '.'; "
                            "at most 64 characters)")
-    mode = (mode or ("bridge" if ports else "none")).strip()
+    mode = (mode or ("bridge" if ports else default_mode())).strip()
     net = {"mode": mode, "requested": mode, "networks": [], "container": None}
     if mode in ("none", "host"):
         pass
