@@ -174,8 +174,19 @@ def _create_flags(p):
     p.add_argument("--stop-signal", help="signal to stop the container (default: the image's, or SIGTERM)")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS", help="seconds stop waits before SIGKILL (default 10)")
     runopts.add_flags(p)
+    _pull_flags(p)
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+
+def _pull_flags(p):
+    from keel.cli.images import _tls
+
+    p.add_argument("--pull", default="missing", metavar="POLICY",
+                   help="pull the image: missing (default: when not stored), always, never, newer")
+    p.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] to pull (default %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")
+    _tls(p)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -245,7 +256,7 @@ def _entrypoint(value):
     return [value]
 
 
-def _published(args, eng):
+def _published(args, eng, image):
     """-p, plus with -P each port the image exposes (its ExposedPorts) on a free host port."""
     ports = list(args.publish)
     if args.publish_all:
@@ -253,7 +264,7 @@ def _published(args, eng):
         from keel.image.errors import ImageError
 
         try:
-            exposed = (eng.store.get(args.image).config.get("config") or {}).get("ExposedPorts") or {}
+            exposed = (eng.store.get(image).config.get("config") or {}).get("ExposedPorts") or {}
         except ImageError as e:
             raise EngineError(str(e)) from None
         def key(spec):   # "[ip:][host:]80[/udp]" -> ("80", "udp")
@@ -265,15 +276,32 @@ def _published(args, eng):
     return ports
 
 
+def _image(args, eng):
+    """The image to create from, pulled first when --pull says so; the name to record."""
+    from keel.cli.images import _certs, _credentials
+    from keel.image.pullpolicy import ensure
+
+    def progress():
+        from keel.image.progress import make_progress
+
+        return make_progress(quiet=args.quiet, stream=sys.stderr)
+
+    _, name = ensure(eng.store, args.image, args.pull, registries_conf=args.registries_conf,
+                     progress_factory=progress, platform=args.platform, tls_verify=args.tls_verify,
+                     authfile=args.authfile, credentials=_credentials(args), certs_dirs=_certs(args))
+    return name
+
+
 def _create(args, eng):
-    return eng.create(args.image, args.command, name=args.name, entrypoint=_entrypoint(args.entrypoint),
+    image = _image(args, eng)
+    return eng.create(image, args.command, name=args.name, entrypoint=_entrypoint(args.entrypoint),
                       env=_env(args), workdir=args.workdir, user=args.user, hostname=args.hostname,
                       runtime=args.runtime, labels=_labels(args.label), network=args.network,
                       remove=args.rm, stop_signal=args.stop_signal, stop_timeout=args.stop_timeout,
                       run_options=runopts.parse(args, args.network),
                       interactive=args.interactive, tty=args.tty,
                       console_size=_terminal().caller_window_size() if args.tty else None,
-                      ports=_published(args, eng), dns=args.dns, dns_search=args.dns_search,
+                      ports=_published(args, eng, image), dns=args.dns, dns_search=args.dns_search,
                       dns_options=args.dns_option, add_hosts=args.add_host, ip=args.ip,
                       network_aliases=args.network_alias)
 
