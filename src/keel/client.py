@@ -14,7 +14,8 @@ run, with exit_status, command, image and stderr), APIError (status_code, explan
 NotFound and ImageNotFound below it, and InvalidArgument for options keel cannot honour: a docker
 option keel's engine does not implement yet is refused by name, never silently dropped.
 
-A Client may be shared between threads: each thread gets its own engine (SQLite) connection.
+A Client may be shared between threads: each thread gets its own engine (SQLite connections),
+dropped with the thread.
 """
 
 import contextlib
@@ -701,6 +702,20 @@ class ContainerCollection:
 
 # -- the client -------------------------------------------------------------------------------
 
+class _CloseWithThread:
+    """Closes a thread's engine when the thread ends: thread-local values are dropped in the
+    ending thread itself, the only one allowed to close its SQLite connections (merely
+    freeing them elsewhere leaves their files open)."""
+
+    def __init__(self, eng):
+        self.eng = eng
+
+    def __del__(self):
+        if self.eng is not None:
+            with contextlib.suppress(Exception):
+                self.eng.close()
+
+
 class Client:
     """keel without a daemon: `root` holds images, snapshots and the database (default
     /var/lib/keel, env KEEL_ROOT), `runroot` the run state (default /run/keel, env
@@ -712,8 +727,6 @@ class Client:
         self.runroot = os.path.abspath(runroot or os.environ.get("KEEL_RUNROOT") or DEFAULT_RUNROOT)
         self.registries_conf = registries_conf or os.environ.get("KEEL_REGISTRIES_CONF")
         self._local = threading.local()
-        self._engines = []
-        self._lock = threading.Lock()
         self._conf_cache = None
         self.images = ImageCollection(self)
         self.containers = ContainerCollection(self)
@@ -726,8 +739,7 @@ class Client:
             with _translated():
                 eng = Engine(self.root, self.runroot)
             self._local.engine = eng
-            with self._lock:
-                self._engines.append(eng)
+            self._local.closer = _CloseWithThread(eng)
         return eng
 
     def _store(self):
@@ -752,12 +764,13 @@ class Client:
         return {"Version": __version__, "ApiVersion": "keel", "Os": "linux"}
 
     def close(self) -> None:
-        with self._lock:
-            engines, self._engines = self._engines, []
-        for eng in engines:
-            with contextlib.suppress(Exception):
-                eng.close()
-        self._local = threading.local()
+        """Close this thread's engine; other threads' engines are closed as they end (or
+        when the client is garbage collected)."""
+        eng = getattr(self._local, "engine", None)
+        if eng is not None:
+            self._local.closer.eng = None
+            self._local = threading.local()
+            eng.close()
 
     def __enter__(self):
         return self

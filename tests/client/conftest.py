@@ -50,5 +50,13 @@ def client(roots, tmp_path):
     c.close()
 
 
-make_oci_layout = _engine_conftest._image_conftest.make_oci_layout
-tar_of_files = _engine_conftest._image_conftest.tar_of_files
+@pytest.fixture
+def busybox_variant(busybox_tar, tmp_path):
+    """make(name, marker): an OCI layout of busybox plus a file /marker holding `marker`."""
+    ic = _engine_conftest._image_conftest
+
+    def make(name, marker: bytes):
+        with open(busybox_tar, "rb") as f:
+            base = f.read()
+        return ic.build_oci_layout(str(tmp_path / name), layers=[base, ic.tar_of_files({"marker": marker})])["path"]
+    return make

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from conftest import tar_of_files
 from registry_fixtures import skopeo_push
 
 
@@ -39,12 +38,6 @@ def keel(tmp_path, registry):
         k("rm", "-f", *ids)
 
 
-def _variant(make_oci_layout, busybox_tar, path, marker: bytes):
-    with open(busybox_tar, "rb") as f:
-        base = f.read()
-    return make_oci_layout(str(path), layers=[base, tar_of_files({"marker": marker})])["path"]
-
-
 def test_run_pulls_missing_short_name(keel, registry, oci_busybox):
     ref = skopeo_push(oci_busybox, f"{registry.host}/pullrun/busybox:1")
     r = keel("run", "--rm", "pullrun/busybox:1", "echo", "from a pulled image")
@@ -58,16 +51,16 @@ def test_run_pulls_missing_short_name(keel, registry, oci_busybox):
     assert ps[0]["Image"] == ref
 
 
-def test_pull_policies(keel, registry, busybox_tar, make_oci_layout, tmp_path):
+def test_pull_policies(keel, registry, busybox_variant):
     name = f"{registry.host}/pullrun/variant:1"
-    skopeo_push(_variant(make_oci_layout, busybox_tar, tmp_path / "v1", b"one"), name)
+    skopeo_push(busybox_variant("v1", b"one"), name)
     r = keel("run", "--rm", "-q", name, "cat", "/marker")
     assert (r.returncode, r.stdout, r.stderr) == (0, "one", "")
-    skopeo_push(_variant(make_oci_layout, busybox_tar, tmp_path / "v2", b"two"), name)
+    skopeo_push(busybox_variant("v2", b"two"), name)
     assert keel("run", "--rm", name, "cat", "/marker").stdout == "one"        # missing: the local one
     assert keel("run", "--rm", "--pull", "never", name, "cat", "/marker").stdout == "one"
     assert keel("run", "--rm", "--pull", "newer", name, "cat", "/marker").stdout == "two"
-    skopeo_push(_variant(make_oci_layout, busybox_tar, tmp_path / "v3", b"three"), name)
+    skopeo_push(busybox_variant("v3", b"three"), name)
     r = keel("run", "--rm", "--pull", "always", name, "cat", "/marker")
     assert r.stdout == "three" and "Pulling" in r.stderr
 

@@ -83,6 +83,13 @@ def format_time(t: float) -> str:
 DEFAULT_CGROUP_PARENT = "/keel"
 
 
+def _step(name: str) -> None:
+    """A named step of create/start. KEEL_TEST_STOP_AT=<name> makes the process stop itself
+    (SIGSTOP) there, so the reliability tests can SIGKILL `keel` at exactly that step."""
+    if os.environ.get("KEEL_TEST_STOP_AT") == name:
+        os.kill(os.getpid(), _signal.SIGSTOP)
+
+
 class Engine:
     def __init__(self, root: str, runroot: str, cgroup_parent: str | None = None,
                  network_config_dir: str | None = None):
@@ -173,6 +180,11 @@ class Engine:
         fields = None
         if ex is not None:
             fields = {"state": "exited", "exit_code": ex[0], "finished": ex[1], "pid": 0}
+        elif c["state"] == "initialized" and monitor.alive(c["conmon_pid"], c["conmon_start"], c["boot_id"]):
+            # `keel start` died between the runtime's start and recording it: ask the runtime
+            st = self.runtime(c).state(c["id"])
+            if st and st.get("status") == "running":
+                fields = {"state": "running", "started": time.time()}
         elif not monitor.alive(c["conmon_pid"], c["conmon_start"], c["boot_id"]):
             st = self.runtime(c).state(c["id"]) if c["boot_id"] == monitor.boot_id() else None
             if st and st.get("status") in ("created", "running", "paused"):
@@ -255,9 +267,11 @@ class Engine:
                 rec["name"] = f"keel_{cid[:12]}"
                 self.db.insert(rec)
         # the name is ours: build the rest, undoing everything on failure
+        _step("claimed")
         try:
             os.makedirs(self.userdata_dir(cid), 0o700)
             rootfs = self.snapshotter.prepare(cid, img, self.store)
+            _step("snapshot")
             if hostname is None:
                 hostname = os.uname().nodename if network == "host" else cid[:12]
             spec = _bundle.bundle_spec(img, rootfs, command or None, entrypoint=entrypoint, env=env,
@@ -271,6 +285,7 @@ class Engine:
             specgen.apply(spec, options["run"], volumes=self.volumes, rootfs=rootfs, network=network,
                           used_elsewhere=lambda v: _volumes.used_elsewhere(self, v, cid))
             _write_config(self.bundle_dir(cid), spec)
+            _step("bundle")
             self.db.update(cid, config=spec, state="created")
         except ImageError as e:
             self._discard(cid, volumes=True)
@@ -337,10 +352,12 @@ class Engine:
                 self.db.update(cid, state="exited" if c["state"] == "exited" else "created", error=str(e))
                 msg = str(e)
                 raise MonitorFailed(msg if msg.startswith(rt.name) else f"{rt.name}: {msg}") from None
+            _step("monitor")
             self.db.update(cid, state="initialized", pid=pid, conmon_pid=conmon_pid,
                            conmon_start=monitor.start_time(conmon_pid), boot_id=monitor.boot_id(),
                            exit_code=None, error="", finished=0)
             started = time.time()
+            _step("initialized")
             try:
                 if on_created is not None:
                     on_created(self.db.get(cid))
@@ -350,6 +367,7 @@ class Engine:
                     rt.kill(cid, 9)
                 self.db.update(cid, error=str(e))
                 raise
+            _step("started")
             self.db.update(cid, state="running", started=started)
             return self.db.get(cid)
 
@@ -474,6 +492,8 @@ class Engine:
             if monitor.alive(c["conmon_pid"], c["conmon_start"], c["boot_id"]):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(c["conmon_pid"], _signal.SIGKILL)
+        elif c["state"] in ("configured", "created"):
+            self._stop_unrecorded(c, timeout)
         with self._lock(c["id"]):
             cur = self.db.get(c["id"])
             if cur is not None:
@@ -483,9 +503,34 @@ class Engine:
                 self._remove_locked(cur, volumes)
         return c["id"]
 
+    def _stop_unrecorded(self, c: dict, timeout: float) -> None:
+        """A `keel start` killed after conmon and `RUNTIME create` ran but before it recorded
+        them leaves a conmon and a created container the database does not know: find conmon
+        by its pid file, delete the runtime's container, and let conmon exit (or kill it)."""
+        cid = c["id"]
+        try:
+            with open(os.path.join(self.bundle_dir(cid), "conmon.pid")) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                ours = cid.encode() in f.read().split(b"\0")
+        except (OSError, ValueError):
+            ours, pid = False, 0
+        if os.path.isdir(os.path.join(self.runtime_root, cid)):
+            with contextlib.suppress(RuntimeFailed):
+                self.runtime(c).delete(cid, force=True)
+        if ours:
+            rec = {"id": cid, "conmon_pid": pid, "conmon_start": monitor.start_time(pid),
+                   "boot_id": monitor.boot_id()}
+            with contextlib.suppress(MonitorFailed):
+                self._wait_monitor(rec, timeout)
+            if monitor.alive(pid, rec["conmon_start"], rec["boot_id"]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, _signal.SIGKILL)
+
     def _remove_locked(self, c: dict, volumes: bool = False) -> None:
         cid = c["id"]
-        if c["state"] in RUNNING_STATES or c["state"] == "exited":
+        if c["state"] in RUNNING_STATES or c["state"] == "exited" or \
+                os.path.isdir(os.path.join(self.runtime_root, cid)):
             self.runtime(c).delete(cid, force=True)
         from keel.engine import exec as exec_
 
