@@ -39,7 +39,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _strict(p):
-    p.__class__ = _Parser
+    if isinstance(p, argparse.ArgumentParser):   # not a skipped command's stand-in (main.py)
+        p.__class__ = _Parser
     return p
 
 
@@ -312,9 +313,11 @@ def _terminal():
     return terminal
 
 
-def _attach(eng, c, *, stdin, detach_keys, sock=None):
+def _attach(eng, c, *, stdin, detach_keys, sock=None, remove=False):
     """Stream a running container's stdio through conmon's attach socket (connected now
-    unless `sock` is given); its exit code, or None when the detach keys were typed."""
+    unless `sock` is given); its exit code, or None when the detach keys were typed.
+    With remove, remove the container as soon as its exit code is written (not waiting for
+    conmon's exit command, which then finds nothing left to do)."""
     from keel.engine import attach
     from keel.engine.errors import EngineError
 
@@ -331,10 +334,22 @@ def _attach(eng, c, *, stdin, detach_keys, sock=None):
     how = _terminal().attach_streams(
         sock, stdin=stdin, tty=c["options"].get("tty", False), detach_keys=detach_keys,
         resize=lambda rows, cols: attach.resize(bundle, rows, cols), forward_signal=forward)
-    return None if how == "detached" else eng.wait(c["id"])
+    if how == "detached":
+        return None
+    if remove:
+        done = eng._wait_exit(c["id"], None)
+        if done["state"] == "exited":
+            from keel.engine.errors import ContainerNotFound
+
+            try:
+                eng.remove(c["id"], force=True)
+            except ContainerNotFound:
+                pass   # conmon's exit command was quicker
+            return done["exit_code"]
+    return eng.wait(c["id"])
 
 
-def _start_attached(eng, c, *, stdin, detach_keys):
+def _start_attached(eng, c, *, stdin, detach_keys, remove=False):
     """Start container `c` with our stdio attached from its first byte; its exit code, or
     None when detached."""
     from keel.engine import attach
@@ -354,7 +369,7 @@ def _start_attached(eng, c, *, stdin, detach_keys):
         if "sock" in held:
             held["sock"].close()
         raise
-    return _attach(eng, c, stdin=stdin, detach_keys=detach_keys, sock=held["sock"])
+    return _attach(eng, c, stdin=stdin, detach_keys=detach_keys, sock=held["sock"], remove=remove)
 
 
 def _start_error_code(e):
@@ -386,7 +401,8 @@ def cmd_run(args):
         if args.detach:
             eng.start(c["id"])
         else:
-            code = _start_attached(eng, c, stdin=args.interactive, detach_keys=args.detach_keys)
+            code = _start_attached(eng, c, stdin=args.interactive, detach_keys=args.detach_keys,
+                                   remove=args.rm)
     except (MonitorFailed, RuntimeFailed, NetworkError) as e:
         if args.rm:
             try:

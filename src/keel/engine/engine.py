@@ -465,12 +465,13 @@ class Engine:
             c = self._sync(c)
             if c["state"] != "exited":
                 return
-            self.runtime(c).delete(c["id"], force=True)
-            errors = _network.teardown(self, c["id"])
-            if errors and not remove:
-                self.db.update(c["id"], error="network teardown: " + errors[0])
             if remove:
-                self._remove_locked(c)
+                self._remove_locked(c)   # deletes the runtime's state and the network too
+            else:
+                self.runtime(c).delete(c["id"], force=True)
+                errors = _network.teardown(self, c["id"])
+                if errors:
+                    self.db.update(c["id"], error="network teardown: " + errors[0])
 
     def remove(self, ref: str, force: bool = False, timeout: float = 10.0,
                volumes: bool = False) -> str:
@@ -548,10 +549,8 @@ def _write_config(bundle_dir: str, spec: dict) -> None:
     path = os.path.join(bundle_dir, "config.json")
     tmp = path + ".tmp"
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "w") as f:   # run state: no fsync (a reboot makes it stale anyway)
             json.dump(spec, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
         os.rename(tmp, path)
     except OSError as e:
         raise EngineError(f"bundle {bundle_dir}: writing config.json: "

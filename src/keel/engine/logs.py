@@ -110,15 +110,21 @@ def tail(entries: list[Entry], n: int) -> list[Entry]:
 
 
 def follow(path: str, done, offset: int = 0, interval: float = 0.05):
-    """Yield entries appended to `path` from `offset` until done() is true, then the rest."""
+    """Yield entries appended to `path` from `offset` until done() is true, then the rest.
+    Polls every 2 ms at first, backing off to `interval` while nothing happens (a short-lived
+    container's exit is seen at once, a long-lived one costs little)."""
+    delay = 0.002
     while True:
         finished = done()
         entries, offset = read_entries(path, offset)
         yield from entries
         if finished:
             return
-        if not entries:
-            time.sleep(interval)
+        if entries:
+            delay = 0.002
+        else:
+            time.sleep(delay)
+            delay = min(delay * 1.5, interval)
 
 
 def log_size(path: str) -> int:

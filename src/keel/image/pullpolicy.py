@@ -88,9 +88,12 @@ def ensure(store, name: str, policy: str = "missing", *, registries_conf: str | 
     progress = progress_factory() if progress_factory else None
     try:
         img = pull_image(store, name, conf=conf_loader(), progress=progress, **pull_kw)
-    except RegistryError:
+    except RegistryError as e:
         if policy == "newer" and local is not None:
             return local
+        if local is None:
+            raise RegistryError(f"{name}: image not found locally, and pulling it failed: {e}",
+                                status=e.status) from None
         raise
     finally:
         if progress is not None:
