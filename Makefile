@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 HOST_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
 export DEBIAN_FRONTEND := noninteractive
 
-APT_BASE := python3-venv busybox-static libseccomp2 procps iproute2
+APT_BASE := python3-venv busybox-static libseccomp2 procps iproute2 conmon
 # keel-vm: QEMU (virtiofsd ships with it), lz4 to unpack the guest kernel, gcc for the guest agent
 APT_VM := qemu-system-x86 lz4 gcc libc6-dev
 APT_TEST := $(APT_BASE) runc crun podman containerd conmon catatonit tini uidmap \
@@ -58,6 +58,7 @@ test: apt-test venv $(if $(SKIP_VM),,vm-assets)
 
 bench: apt-test venv
 	$(PY) bench/runtime_start.py
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .demo

@@ -28,6 +28,7 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "interop"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "engine"))
 
 IMAGE = "localhost/bench-busybox:latest"
 VENV_BIN = os.path.dirname(sys.executable)
@@ -134,22 +135,13 @@ def measure_memory(side, n, label):
             side("rm", "-f", *ids, check=False)
 
 
-def _other_processes(marker, exclude_comm=("conmon", "sleep")):
-    """Processes naming `marker` in their command line, other than conmon and the containers."""
-    out = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit() or int(p) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{p}/comm") as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
-        if marker in cmd and comm not in exclude_comm:
-            out.append((int(p), cmd[:120]))
-    return out
+def _other_processes(marker):
+    """Processes naming `marker` in their command line, other than conmon (the containers'
+    own processes do not name it)."""
+    import engine_helpers
+
+    return [(pid, cmd[:120]) for pid, cmd in engine_helpers._procs_mentioning(marker)
+            if not cmd.startswith("/usr/bin/conmon ")]
 
 
 def main(argv=None):
