@@ -159,8 +159,12 @@ class Engine:
             os.close(fd)
 
     def exit_command(self, cid: str, remove: bool) -> list[str]:
-        return [sys.executable, "-P", "-m", "keel.cli.main", "--root", self.root,
-                "--runroot", self.runroot, "container", "cleanup", *(["--rm"] if remove else []), cid]
+        # the `keel` beside the interpreter when there is one (the Makefile's launcher skips
+        # site and runpy: this runs after every container exit)
+        launcher = os.path.join(os.path.dirname(sys.executable), "keel")
+        argv = [launcher] if os.access(launcher, os.X_OK) else [sys.executable, "-P", "-m", "keel.cli.main"]
+        return argv + ["--root", self.root, "--runroot", self.runroot, "container", "cleanup",
+                       *(["--rm"] if remove else []), cid]
 
     # -- queries -----------------------------------------------------------------------------------
 
