@@ -364,7 +364,7 @@ def _start_attached(eng, c, *, stdin, detach_keys, remove=False):
             attach.resize(bundle, *size)
 
     try:
-        c = eng.start(c["id"], on_created=on_created)
+        c = eng.start(c["id"], on_created=on_created, attached_rm=remove)
     except BaseException:
         if "sock" in held:
             held["sock"].close()

@@ -158,13 +158,20 @@ class Engine:
         finally:
             os.close(fd)
 
-    def exit_command(self, cid: str, remove: bool) -> list[str]:
+    def exit_command(self, cid: str, remove: bool, attached: bool = False) -> list[str]:
+        """conmon's exit command: `keel container cleanup`. attached: a foreground `run --rm`
+        removes the container itself the moment it exits; conmon then runs the command after
+        a delay, through sh, and only if the bundle is still there (keel was killed): no
+        Python start competes with the removal on the critical path."""
         # the `keel` beside the interpreter when there is one (the Makefile's launcher skips
         # site and runpy: this runs after every container exit)
         launcher = os.path.join(os.path.dirname(sys.executable), "keel")
         argv = [launcher] if os.access(launcher, os.X_OK) else [sys.executable, "-P", "-m", "keel.cli.main"]
-        return argv + ["--root", self.root, "--runroot", self.runroot, "container", "cleanup",
-                       *(["--rm"] if remove else []), cid]
+        argv += ["--root", self.root, "--runroot", self.runroot, "container", "cleanup",
+                 *(["--rm"] if remove else []), cid]
+        if attached:
+            argv = ["/bin/sh", "-c", '[ -d "$0" ] || exit 0; exec "$@"', self.bundle_dir(cid), *argv]
+        return argv
 
     # -- queries -----------------------------------------------------------------------------------
 
@@ -318,10 +325,11 @@ class Engine:
 
     # -- start -------------------------------------------------------------------------------------
 
-    def start(self, ref: str, on_created=None) -> dict:
+    def start(self, ref: str, on_created=None, attached_rm: bool = False) -> dict:
         """Run a created (or exited) container: conmon + `RUNTIME create`, then `RUNTIME start`.
         on_created(container) runs in between (an attach client connects there, so it sees
-        all the output)."""
+        all the output). attached_rm: the caller removes the container when it exits (see
+        exit_command)."""
         c = self.db.find(ref)
         with self._lock(c["id"]):
             c = self._sync(self.db.find(c["id"]))
@@ -346,7 +354,8 @@ class Engine:
                 pid, conmon_pid = monitor.launch(
                     cid=cid, name=c["name"], runtime_path=c["runtime"], runtime_root=self.runtime_root,
                     bundle=bundle, log_path=c["log_path"], exit_dir=self.exit_dir,
-                    exit_command=self.exit_command(cid, c["options"].get("remove", False)),
+                    exit_command=self.exit_command(cid, c["options"].get("remove", False), attached_rm),
+                    exit_delay=1 if attached_rm else 0,
                     runtime_log=os.path.join(bundle, "oci-log"),
                     terminal=c["options"].get("tty", False), stdin=c["options"].get("interactive", False))
             except MonitorFailed as e:
