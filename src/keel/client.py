@@ -606,8 +606,10 @@ class ContainerCollection:
         if detach:
             kwargs["auto_remove"] = auto
         container = self.create(image, command, **kwargs)
+        removing = (remove or auto) and not detach
         try:
-            container.start()
+            with _translated():   # a removing foreground run removes the container itself
+                container._rec = self.client._engine().start(container.id, attached_rm=removing and not stream)
         except BaseException:
             with contextlib.suppress(KeelError):
                 container.remove(force=True)
@@ -617,7 +619,11 @@ class ContainerCollection:
         try:
             if stream:
                 return self._stream(container, stdout, stderr, remove or auto)
-            code = container.wait()["StatusCode"]
+            if removing:   # the exit code is enough: the removal below deletes the rest
+                with _translated():
+                    code = self.client._engine()._wait_exit(container.id, None)["exit_code"]
+            else:
+                code = container.wait()["StatusCode"]
             out = container.logs(stdout=stdout, stderr=stderr)
             err = container.logs(stdout=False, stderr=True) if code != 0 else None
         except BaseException:
