@@ -113,17 +113,19 @@ def _translated():
 # when given a value, so that a program never runs with less isolation or fewer mounts than
 # it asked for.
 _UNSUPPORTED = frozenset("""
-    blkio_weight blkio_weight_device cap_add cap_drop cgroup_parent cgroupns cpu_count
-    cpu_percent cpu_period cpu_quota cpu_rt_period cpu_rt_runtime cpu_shares cpuset_cpus
-    cpuset_mems device_cgroup_rules device_read_bps device_read_iops device_requests devices
-    device_write_bps device_write_iops dns dns_opt dns_search domainname extra_hosts group_add
-    healthcheck init init_path ipc_mode isolation kernel_memory links log_config lxc_conf
-    mac_address mem_limit mem_reservation mem_swappiness memswap_limit mounts nano_cpus
-    network_disabled oom_kill_disable oom_score_adj pid_mode pids_limit ports privileged
-    publish_all_ports read_only restart_policy security_opt shm_size stdin_open storage_opt
-    sysctls tmpfs tty ulimits userns_mode uts_mode volume_driver volumes
-    volumes_from
+    blkio_weight blkio_weight_device cgroup_parent cgroupns cpu_count cpu_percent
+    cpu_rt_period cpu_rt_runtime device_cgroup_rules device_read_bps device_read_iops
+    device_requests device_write_bps device_write_iops dns dns_opt dns_search domainname
+    extra_hosts group_add healthcheck ipc_mode isolation kernel_memory links log_config lxc_conf
+    mac_address mem_swappiness network_disabled oom_kill_disable oom_score_adj pid_mode ports
+    publish_all_ports restart_policy stdin_open storage_opt tty userns_mode uts_mode
+    volume_driver volumes_from
 """.split())
+# docker SDK options that keel.engine.specgen implements (security, resources, storage)
+_RUN_OPTIONS = ("cap_add", "cap_drop", "privileged", "security_opt", "read_only", "mem_limit",
+                "memswap_limit", "mem_reservation", "nano_cpus", "cpu_shares", "cpu_period",
+                "cpu_quota", "cpuset_cpus", "cpuset_mems", "pids_limit", "ulimits", "sysctls",
+                "volumes", "tmpfs", "mounts", "devices", "shm_size", "init", "init_path")
 _IGNORED = frozenset(("detach", "use_config_proxy"))  # no meaning here: no daemon, no proxy config
 
 
@@ -176,6 +178,110 @@ def _network(kwargs):
     return mode if mode is not None else net
 
 
+def _str_or_none(v):
+    return None if v is None else str(v)
+
+
+def _volume_specs(value) -> list:
+    """docker's volumes: {"/host" or "name": {"bind": "/ctr", "mode": "ro"}} or ["src:dst:opts"]."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        out = []
+        for src, spec in value.items():
+            if isinstance(spec, str):
+                spec = {"bind": spec}
+            if not isinstance(spec, dict) or not spec.get("bind"):
+                raise InvalidArgument(f"volumes[{src!r}]: a dict with 'bind' (and 'mode')")
+            out.append(f"{src}:{spec['bind']}" + (f":{spec['mode']}" if spec.get("mode") else ""))
+        return out
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise InvalidArgument("volumes: a dict or a list of SRC:DST[:OPTS] strings")
+
+
+def _tmpfs_specs(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [f"{path}:{opts}" if opts else str(path) for path, opts in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise InvalidArgument("tmpfs: a dict {path: options} or a list of PATH[:OPTS]")
+
+
+def _mount_specs(value) -> list:
+    """docker.types.Mount (a dict: Target, Source, Type, ReadOnly, ...) -> --mount strings."""
+    out = []
+    for m in value or ():
+        if isinstance(m, str):
+            out.append(m)
+            continue
+        if not isinstance(m, dict) or not m.get("Target"):
+            raise InvalidArgument(f"mounts: {m!r} is not a Mount")
+        parts = [f"type={m.get('Type') or 'volume'}", f"target={m['Target']}"]
+        if m.get("Source"):
+            parts.append(f"source={m['Source']}")
+        if m.get("ReadOnly"):
+            parts.append("readonly")
+        prop = (m.get("BindOptions") or {}).get("Propagation")
+        if prop:
+            parts.append(f"bind-propagation={prop}")
+        tmpfs = m.get("TmpfsOptions") or {}
+        if tmpfs.get("SizeBytes"):
+            parts.append(f"tmpfs-size={tmpfs['SizeBytes']}")
+        if tmpfs.get("Mode"):
+            parts.append(f"tmpfs-mode={tmpfs['Mode']:o}")
+        out.append(",".join(parts))
+    return out
+
+
+def _ulimit_specs(value) -> list:
+    """docker.types.Ulimit (a dict: Name, Soft, Hard) or "name=soft:hard" strings."""
+    out = []
+    for u in value or ():
+        if isinstance(u, str):
+            out.append(u)
+        elif isinstance(u, dict) and u.get("Name"):
+            soft = u.get("Soft")
+            hard = u.get("Hard", soft)
+            out.append(f"{u['Name']}={soft}:{hard}")
+        else:
+            raise InvalidArgument(f"ulimits: {u!r} is not a Ulimit")
+    return out
+
+
+def _run_options(kw: dict, network) -> dict | None:
+    """The security, resource and storage options, checked by keel.engine.specgen (None: none)."""
+    given = {k: kw.pop(k) for k in _RUN_OPTIONS if k in kw}
+    given = {k: v for k, v in given.items() if v not in (None, False, [], {}, (), "")}
+    if not given:
+        return None
+    from keel.engine import specgen
+
+    g = given.get
+    nano = g("nano_cpus")
+    sysctls = g("sysctls") or {}
+    if not isinstance(sysctls, dict):
+        raise InvalidArgument("sysctls: a dict {key: value}")
+    with _translated():
+        return specgen.parse(
+            cap_add=list(g("cap_add") or ()), cap_drop=list(g("cap_drop") or ()),
+            privileged=bool(g("privileged")), security_opt=list(g("security_opt") or ()),
+            read_only=bool(g("read_only")), memory=_str_or_none(g("mem_limit")),
+            memory_swap=_str_or_none(g("memswap_limit")),
+            memory_reservation=_str_or_none(g("mem_reservation")),
+            cpus=None if nano is None else str(int(nano) / 1e9),
+            cpu_shares=_str_or_none(g("cpu_shares")), cpu_period=_str_or_none(g("cpu_period")),
+            cpu_quota=_str_or_none(g("cpu_quota")), cpuset_cpus=_str_or_none(g("cpuset_cpus")),
+            cpuset_mems=_str_or_none(g("cpuset_mems")), pids_limit=_str_or_none(g("pids_limit")),
+            ulimits=_ulimit_specs(g("ulimits")), sysctls=[f"{k}={v}" for k, v in sysctls.items()],
+            volumes=_volume_specs(g("volumes")), tmpfs=_tmpfs_specs(g("tmpfs")),
+            mounts=_mount_specs(g("mounts")), init=bool(g("init")), init_path=g("init_path"),
+            devices=[str(d) for d in g("devices") or ()], shm_size=_str_or_none(g("shm_size")),
+            network=network or "none")
+
+
 def _engine_options(kwargs: dict) -> dict:
     """docker SDK create() keyword arguments -> Engine.create() keyword arguments."""
     kw = dict(kwargs)
@@ -196,6 +302,7 @@ def _engine_options(kwargs: dict) -> dict:
     net = _network(kw)
     if net is not None:
         opts["network"] = net
+    opts["run_options"] = _run_options(kw, net)
     bad = sorted(k for k, v in kw.items() if k in _UNSUPPORTED and v not in (None, False, [], {}, (), ""))
     if bad:
         raise InvalidArgument(f"{', '.join(bad)}: not supported by keel's engine yet")

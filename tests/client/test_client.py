@@ -160,10 +160,10 @@ def test_network_modes(client):
 def test_unsupported_options_are_refused_by_name(client):
     with pytest.raises(keel.InvalidArgument, match="ports: not supported"):
         client.containers.run(IMAGE, "true", ports={"80/tcp": 8080})
-    with pytest.raises(keel.InvalidArgument, match="cap_add, privileged: not supported"):
-        client.containers.create(IMAGE, "true", cap_add=["NET_ADMIN"], privileged=True)
-    with pytest.raises(keel.InvalidArgument, match="volumes"):
-        client.containers.run(IMAGE, "true", volumes={"/tmp": {"bind": "/mnt", "mode": "ro"}})
+    with pytest.raises(keel.InvalidArgument, match="stdin_open, tty: not supported"):
+        client.containers.create(IMAGE, "true", tty=True, stdin_open=True)
+    with pytest.raises(keel.InvalidArgument, match="restart_policy"):
+        client.containers.run(IMAGE, "true", restart_policy={"Name": "always"})
     with pytest.raises(TypeError, match="no_such_option"):
         client.containers.run(IMAGE, "true", no_such_option=1)
     # empty values of such options ask for nothing and are accepted, as docker accepts them
@@ -178,8 +178,39 @@ def test_unsupported_options_are_refused_by_name(client):
         client.containers.run(IMAGE, "true", user="nobody-here")
     with pytest.raises(keel.APIError, match="no such OCI runtime"):
         client.containers.run(IMAGE, "true", runtime="no-such-runtime")
+    with pytest.raises(keel.APIError, match="--memory") as ei:
+        client.containers.run(IMAGE, "true", mem_limit="lots")
+    assert ei.value.status_code == 400
+    with pytest.raises(keel.APIError, match="--cap-add"):
+        client.containers.run(IMAGE, "true", cap_add=["NOT_A_CAP"])
+    with pytest.raises(keel.InvalidArgument, match="volumes"):
+        client.containers.run(IMAGE, "true", volumes={"/tmp": {"mode": "ro"}})
     assert client.containers.list(all=True) == []
     assert client._engine().snapshotter.snapshots() == []
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_security_resource_and_storage_options(client, runtime, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("from the host\n")
+    run = lambda cmd, **kw: client.containers.run(IMAGE, ["sh", "-c", cmd], remove=True, runtime=runtime, **kw)
+    assert run("grep CapEff /proc/self/status", cap_drop=["ALL"]).split()[1] == b"0000000000000000"
+    assert run("ulimit -n", ulimits=[{"Name": "nofile", "Soft": 1024, "Hard": 2048}]) == b"1024\n"
+    assert run("cat /data/f", volumes={str(data): {"bind": "/data", "mode": "ro"}}) == b"from the host\n"
+    with pytest.raises(keel.ContainerError) as ei:
+        run("echo x > /data/g", volumes=[f"{data}:/data:ro"])
+    assert b"Read-only file system" in ei.value.stderr and not (data / "g").exists()
+    with pytest.raises(keel.ContainerError):
+        run("touch /x", read_only=True)
+    out = run("grep ' /scratch ' /proc/mounts", tmpfs={"/scratch": "size=1m"})
+    assert out.startswith(b"tmpfs /scratch tmpfs") and b"size=1024k" in out
+    c = client.containers.create(IMAGE, "true", runtime=runtime, mem_limit="64m", pids_limit=50,
+                                 nano_cpus=500_000_000)
+    res = c._rec["config"]["linux"]["resources"]
+    assert res["memory"]["limit"] == 64 << 20 and res["pids"]["limit"] == 50
+    assert res["cpu"]["quota"] == 50000 and res["cpu"]["period"] == 100000
+    c.remove()
 
 
 def test_not_found_errors(client):
