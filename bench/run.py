@@ -46,10 +46,20 @@ def _runtime_path(name):
 
 
 class KeelSide:
-    def __init__(self, workdir, cgroup_parent):
-        self.root, self.runroot = os.path.join(workdir, "keel-root"), os.path.join(workdir, "keel-run")
+    def __init__(self, workdir, cgroup_parent, src=None, label="keel"):
+        """src: run keel from that source tree instead (another checkout, to compare versions):
+        through PYTHONPATH, which its conmon exit commands inherit too."""
+        self.label = label
+        self.root = os.path.join(workdir, f"{label}-root")
+        self.runroot = os.path.join(workdir, f"{label}-run")
         self.env = dict(os.environ, KEEL_CGROUP_PARENT=cgroup_parent)
         self.keel = os.path.join(VENV_BIN, "keel")
+        if src:
+            self.env["PYTHONPATH"] = os.path.abspath(src)
+            self.keel = os.path.join(workdir, f"{label}-launcher")
+            with open(self.keel, "w") as f:
+                f.write(f"#!{sys.executable}\nimport sys\nfrom keel.cli.main import main\nsys.exit(main())\n")
+            os.chmod(self.keel, 0o755)
 
     def argv(self, *args):
         return [self.keel, "--root", self.root, "--runroot", self.runroot, *args]
@@ -151,6 +161,8 @@ def main(argv=None):
     ap.add_argument("--runtimes", default="keel-runtime,runc")
     ap.add_argument("--memory", type=int, default=5, metavar="N", help="containers per engine for the memory figure (0: skip)")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--compare-src", metavar="DIR",
+                    help="also time keel from this source tree (e.g. a checkout of an older commit)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
@@ -161,16 +173,21 @@ def main(argv=None):
 
     archive = busybox_oci_archive(os.path.join(work, "busybox.tar"), IMAGE, cmd=("/bin/sh",))
     keel = KeelSide(work, cgroup_parent)
+    other = KeelSide(work, cgroup_parent, args.compare_src, "other") if args.compare_src else None
     podmans = {}
     configs = []
     try:
         keel("load", "-i", archive)
+        if other:
+            other("load", "-i", archive)
         for rt in runtimes:
             path = _runtime_path(rt)
             pod = podmans[rt] = PodmanSide(os.path.join(work, f"p{len(podmans)}"), path)
             pod("load", "-i", archive)
             configs.append((f"keel/{rt}", keel.run_argv(rt if rt == "keel-runtime" else path), keel.env))
             configs.append((f"podman/{rt}", pod.run_argv(rt), pod.env))
+            if other:
+                configs.append((f"other/{rt}", other.run_argv(rt if rt == "keel-runtime" else path), other.env))
         times = {name: [] for name, _, _ in configs}
         for i in range(args.warmup + args.iterations):
             order = configs[i % len(configs):] + configs[:i % len(configs)]
@@ -187,6 +204,9 @@ def main(argv=None):
         for rt in runtimes:
             ratios[rt] = rows[f"keel/{rt}"]["median"] / rows[f"podman/{rt}"]["median"]
             print(f"keel/podman with {rt}: {ratios[rt]:.2f} (median)")
+            if other:
+                print(f"other/podman with {rt}: {rows[f'other/{rt}']['median'] / rows[f'podman/{rt}']['median']:.2f}"
+                      f" (median; other: {args.compare_src})")
         memory = []
         if args.memory > 0:
             memory.append(measure_memory(keel, args.memory, "keel"))
@@ -204,9 +224,10 @@ def main(argv=None):
                            "iterations": args.iterations}, f, indent=2)
         return 0
     finally:
-        ids = keel("ps", "-aq", check=False).stdout.split()
-        if ids:
-            keel("rm", "-f", *ids, check=False)
+        for side in (keel, other) if other else (keel,):
+            ids = side("ps", "-aq", check=False).stdout.split()
+            if ids:
+                side("rm", "-f", *ids, check=False)
         for pod in podmans.values():
             pod.close()
         for h in os.listdir("/sys/fs/cgroup"):
