@@ -84,8 +84,10 @@ def _translated():
 
     try:
         yield
+    except (APIError, InvalidArgument, ContainerError):
+        raise
     except ee.ContainerNotFound as e:
-        raise NotFound(f"no such container: {e}", str(e)) from None
+        raise NotFound(str(e)) from None
     except (ee.NameInUse, ee.InvalidState) as e:
         raise APIError(str(e), 409) from None
     except ee.NotSupported as e:
@@ -104,6 +106,8 @@ def _translated():
             raise ImageNotFound(str(e)) from None
         raise APIError(str(e), e.status or 500) from None
     except ie.ImageError as e:
+        raise APIError(str(e), 500) from None
+    except KeelError as e:   # a lower layer's (kernel, oci) error: still one of ours
         raise APIError(str(e), 500) from None
 
 

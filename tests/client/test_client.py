@@ -305,3 +305,33 @@ def test_prune_and_context_manager(roots):
         b.remove(force=True)
         assert c.containers.list(all=True) == []
         assert c.ping() and c.version()["Version"] == keel.__version__
+
+
+def test_hostile_arguments_are_clear_errors(client):
+    with pytest.raises(keel.InvalidArgument, match="image"):
+        client.containers.run(None, "true")
+    with pytest.raises(keel.NotFound):
+        client.containers.get("")
+    with pytest.raises(keel.ImageNotFound):
+        client.images.get("")
+    with pytest.raises(keel.APIError) as ei:
+        client.images.pull("UPPER//case")
+    assert ei.value.status_code == 400
+    with pytest.raises(keel.InvalidArgument, match="invalid variable name"):
+        client.containers.run(IMAGE, "true", environment={"A=B": "1"})
+    with pytest.raises(keel.InvalidArgument, match="No closing quotation"):
+        client.containers.run(IMAGE, "echo 'unterminated")
+    with pytest.raises(keel.InvalidArgument, match="all_tags"):
+        client.images.pull("localhost/x", all_tags=True)
+    c = client.containers.create(IMAGE, "true")
+    with pytest.raises(keel.InvalidArgument, match="tail"):
+        c.logs(tail=-1)
+    with pytest.raises(keel.InvalidArgument, match="since"):
+        c.logs(since="yesterday")
+    with pytest.raises(keel.InvalidArgument, match="condition"):
+        c.wait(condition="bogus")
+    with pytest.raises(keel.APIError, match="invalid signal"):
+        client.containers.run(IMAGE, "sleep 5", detach=True).kill(signal="SIGNOPE")
+    for x in client.containers.list(all=True):
+        x.remove(force=True)
+    assert client.containers.list(all=True) == [] and client._engine().snapshotter.snapshots() == []
