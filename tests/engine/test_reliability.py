@@ -227,6 +227,20 @@ def test_two_runs_with_one_name(keel):
         assert_nothing_of(keel, rows[0]["Id"])
 
 
+def _netns_in_use():
+    """net:[inode] of every network namespace a process holds or a mount pins."""
+    held = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                held.add(os.readlink(f"/proc/{p}/ns/net"))
+            except OSError:
+                pass
+    with open("/proc/self/mountinfo") as f:
+        held.update(ln.split()[3] for ln in f if " - nsfs " in ln)
+    return held
+
+
 def _fds():
     out = {}
     for fd in os.listdir("/proc/self/fd"):
@@ -267,12 +281,15 @@ def test_fifty_containers_in_a_loop(roots, runtime):
             assert len(running) == 50 and all(c.status == "running" for c in running)
             ids = [c.id for c in made]
             assert all(len(_cgroups_of(cid)) > 0 for cid in ids)
+            netns = {os.readlink(f"/proc/{c.attrs['State']['Pid']}/ns/net") for c in running}
+            assert len(netns) == 50   # each its own (--network none)
             for c in made:
                 c.remove(force=True)
             assert client.containers.list(all=True) == []
             for cid in ids:
                 _wait_for(lambda: not _procs_of(cid), f"processes of {cid[:12]}", 30)
                 assert _mounts_of(cid) == [] and _cgroups_of(cid) == []
+            assert not netns & _netns_in_use()
             root, run = roots
             for d in ("snapshots/active", "containers"):
                 assert os.listdir(os.path.join(root, d)) == []
