@@ -227,18 +227,32 @@ def test_two_runs_with_one_name(keel):
         assert_nothing_of(keel, rows[0]["Id"])
 
 
-def _netns_in_use():
-    """net:[inode] of every network namespace a process holds or a mount pins."""
-    held = set()
+def _our_netns_left(netns, ids, root):
+    """Holders of the network namespaces `netns` that are ours: a process in one of our
+    containers' cgroups or naming our root, an nsfs mount under our root or naming an id.
+    (A namespace's inode number is reused once it is freed: other suites' processes may hold
+    a new namespace with one of these numbers; they are not ours.)"""
+    left = []
     for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                held.add(os.readlink(f"/proc/{p}/ns/net"))
-            except OSError:
-                pass
+        if not p.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{p}/ns/net") not in netns:
+                continue
+            with open(f"/proc/{p}/cgroup") as f:
+                cg = f.read()
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if root in cmd or any(cid in cg or cid in cmd for cid in ids):
+            left.append((int(p), cmd.replace("\0", " ")[:100]))
     with open("/proc/self/mountinfo") as f:
-        held.update(ln.split()[3] for ln in f if " - nsfs " in ln)
-    return held
+        for ln in f:
+            parts = ln.split()
+            if " - nsfs " in ln and parts[3] in netns and (root in parts[4] or any(c in parts[4] for c in ids)):
+                left.append(parts[4])
+    return left
 
 
 def _fds():
@@ -289,7 +303,7 @@ def test_fifty_containers_in_a_loop(roots, runtime):
             for cid in ids:
                 _wait_for(lambda: not _procs_of(cid), f"processes of {cid[:12]}", 30)
                 assert _mounts_of(cid) == [] and _cgroups_of(cid) == []
-            assert not netns & _netns_in_use()
+            assert _our_netns_left(netns, ids, roots[0]) == []
             root, run = roots
             for d in ("snapshots/active", "containers"):
                 assert os.listdir(os.path.join(root, d)) == []
