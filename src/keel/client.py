@@ -532,6 +532,16 @@ def _label_match(labels: dict, want: str) -> bool:
 _DOCKER_STATUS = {"configured": "created", "initialized": "created", "unknown": "running"}
 
 
+class ExecResult(tuple):
+    """(exit_code, output), as docker's exec_run returns it."""
+
+    def __new__(cls, exit_code, output):
+        return super().__new__(cls, (exit_code, output))
+
+    exit_code = property(lambda self: self[0])
+    output = property(lambda self: self[1])
+
+
 class Container(_Model):
     """A container (docker SDK's Container); attrs in podman's inspect shape."""
 
@@ -665,6 +675,63 @@ class Container(_Model):
             self.client._engine().stop(self.id, timeout)
             self._rec = self.client._engine().start(self.id)
         self.reload()
+
+    def exec_run(self, cmd, stdout: bool = True, stderr: bool = True, stdin: bool = False,
+                 tty: bool = False, privileged: bool = False, user: str = "", detach: bool = False,
+                 stream: bool = False, socket: bool = False, environment=None, workdir=None,
+                 demux: bool = False):
+        """Run `cmd` in the running container (under its own conmon, as `keel exec`):
+        ExecResult(exit_code, output); output is bytes, (stdout, stderr) with demux, a
+        generator with stream, and exit_code None with detach or stream."""
+        from keel.engine import exec as exec_
+        from keel.engine.errors import MonitorFailed, RuntimeFailed
+
+        if stdin or socket:
+            raise InvalidArgument("exec_run: stdin/socket: not supported by keel yet")
+        argv = _command(cmd, "cmd")
+        if not argv:
+            raise InvalidArgument("exec_run: an empty command")
+        with _translated():
+            try:
+                sess = exec_.start(self.client._engine(), self.id, argv, tty=tty, detach=detach,
+                                   env=_environment(environment), user=str(user) if user else None,
+                                   workdir=workdir, privileged=privileged)
+            except (MonitorFailed, RuntimeFailed) as e:
+                # docker: a command that cannot be run is exit code 126/127, the reason the output
+                msg = str(e)
+                code = 127 if ("not found" in msg.lower() or "no such file" in msg.lower()) else 126
+                out = msg.encode() + b"\n"
+                return ExecResult(code, (None, out) if demux else out)
+        if detach:
+            sess.close()
+            return ExecResult(None, (None, None) if demux else b"")
+        want = {2} if tty else {k for k, on in ((2, stdout), (3, stderr)) if on}
+
+        def records():
+            while True:
+                rec = sess.sock.recv(8193)   # one record: a stream byte and up to 8192 bytes
+                if not rec:
+                    return
+                if rec[0] in want:
+                    yield rec[0], rec[1:]
+
+        if stream:
+            def chunks():
+                try:
+                    for k, d in records():
+                        yield ((d, None) if k == 2 else (None, d)) if demux else d
+                finally:
+                    with contextlib.suppress(KeelError):
+                        sess.wait()   # reaps the session (its directory goes)
+            return ExecResult(None, chunks())
+        got = list(records())
+        with _translated():
+            code = sess.wait()
+        if demux:
+            out = b"".join(d for k, d in got if k == 2)
+            err = b"".join(d for k, d in got if k == 3)
+            return ExecResult(code, (out or None, err or None))
+        return ExecResult(code, b"".join(d for _, d in got))
 
     def remove(self, v: bool = False, link: bool = False, force: bool = False) -> None:
         if link:

@@ -335,3 +335,31 @@ def test_hostile_arguments_are_clear_errors(client):
     for x in client.containers.list(all=True):
         x.remove(force=True)
     assert client.containers.list(all=True) == [] and client._engine().snapshotter.snapshots() == []
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_exec_run(client, runtime):
+    c = client.containers.run(IMAGE, "sleep 60", detach=True, runtime=runtime)
+    r = c.exec_run("echo hi")
+    assert r == (0, b"hi\n") and r.exit_code == 0 and r.output == b"hi\n"
+    assert c.exec_run(["sh", "-c", "echo out; echo err >&2; exit 3"], demux=True) == (3, (b"out\n", b"err\n"))
+    assert c.exec_run(["sh", "-c", "echo err >&2"], stderr=False) == (0, b"")
+    assert c.exec_run("id -u", user="1") == (0, b"1\n")
+    assert c.exec_run("sh -c 'echo $X; pwd'", environment={"X": "y"}, workdir="/tmp") == (0, b"y\n/tmp\n")
+    code, out = c.exec_run("/no/such/binary")
+    assert code in (126, 127) and out
+    code, gen = c.exec_run(["sh", "-c", "echo 1; sleep 0.1; echo 2"], stream=True)
+    assert code is None and b"".join(gen) == b"1\n2\n"
+    assert c.exec_run("touch /tmp/detached", detach=True) == (None, b"")
+    deadline = time.monotonic() + 10
+    while c.exec_run("ls /tmp/detached")[0] != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert c.exec_run("ls /tmp/detached") == (0, b"/tmp/detached\n")
+    with pytest.raises(keel.InvalidArgument, match="stdin"):
+        c.exec_run("cat", stdin=True)
+    c.kill()
+    c.wait()
+    with pytest.raises(keel.APIError) as ei:
+        c.exec_run("true")
+    assert ei.value.status_code == 409
+    c.remove()
