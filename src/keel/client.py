@@ -119,11 +119,10 @@ def _translated():
 _UNSUPPORTED = frozenset("""
     blkio_weight blkio_weight_device cgroup_parent cgroupns cpu_count cpu_percent
     cpu_rt_period cpu_rt_runtime device_cgroup_rules device_read_bps device_read_iops
-    device_requests device_write_bps device_write_iops dns dns_opt dns_search domainname
-    extra_hosts group_add healthcheck ipc_mode isolation kernel_memory links log_config lxc_conf
-    mac_address mem_swappiness network_disabled oom_kill_disable oom_score_adj pid_mode ports
-    publish_all_ports restart_policy stdin_open storage_opt tty userns_mode uts_mode
-    volume_driver volumes_from
+    device_requests device_write_bps device_write_iops domainname group_add healthcheck
+    ipc_mode isolation kernel_memory links log_config lxc_conf mac_address mem_swappiness
+    oom_kill_disable oom_score_adj pid_mode restart_policy stdin_open storage_opt tty
+    userns_mode uts_mode volume_driver volumes_from
 """.split())
 # docker SDK options that keel.engine.specgen implements (security, resources, storage)
 _RUN_OPTIONS = ("cap_add", "cap_drop", "privileged", "security_opt", "read_only", "mem_limit",
@@ -177,9 +176,47 @@ def _labels(value):
 def _network(kwargs):
     mode = kwargs.pop("network_mode", None)
     net = kwargs.pop("network", None)
+    if kwargs.pop("network_disabled", False):
+        if (mode or net or "none") != "none":
+            raise InvalidArgument(f"network_disabled with network {mode or net!r}: give one")
+        return "none"
     if mode is not None and net is not None and mode != net:
         raise InvalidArgument(f"network_mode {mode!r} and network {net!r}: give one")
     return mode if mode is not None else net
+
+
+def _port_specs(value) -> list:
+    """docker's ports {"80/tcp": 8080 | None | ("127.0.0.1", 8080) | [8080, 8081]} ->
+    `-p` strings ("[IP:][HOSTPORT:]PORT[/PROTO]")."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise InvalidArgument("ports: a dict {container port: host port}")
+    out = []
+    for ctr, host in value.items():
+        ctr = str(ctr)
+        binds = host if isinstance(host, list) else [host]
+        for b in binds:
+            if b is None:
+                out.append(ctr)
+            elif isinstance(b, tuple) and 1 <= len(b) <= 2:
+                ip, port = b[0], (b[1] if len(b) == 2 else None)
+                out.append(f"{ip}:{'' if port is None else port}:{ctr}")
+            elif isinstance(b, (int, str)) and not isinstance(b, bool):
+                out.append(f"{b}:{ctr}")
+            else:
+                raise InvalidArgument(f"ports[{ctr!r}]: {b!r} is not a host port, (ip, port) or None")
+    return out
+
+
+def _extra_hosts(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [f"{h}:{ip}" for h, ip in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise InvalidArgument("extra_hosts: a dict {host: ip} or a list of HOST:IP")
 
 
 def _str_or_none(v):
@@ -306,6 +343,12 @@ def _engine_options(kwargs: dict) -> dict:
     net = _network(kw)
     if net is not None:
         opts["network"] = net
+    opts["ports"] = _port_specs(kw.pop("ports", None))
+    opts["publish_all"] = bool(kw.pop("publish_all_ports", False))
+    opts["dns"] = [str(d) for d in kw.pop("dns", None) or ()]
+    opts["dns_search"] = [str(d) for d in kw.pop("dns_search", None) or ()]
+    opts["dns_options"] = [str(d) for d in kw.pop("dns_opt", None) or ()]
+    opts["add_hosts"] = _extra_hosts(kw.pop("extra_hosts", None))
     opts["run_options"] = _run_options(kw, net)
     bad = sorted(k for k, v in kw.items() if k in _UNSUPPORTED and v not in (None, False, [], {}, (), ""))
     if bad:
@@ -751,6 +794,10 @@ class ContainerCollection:
         opts = _engine_options(kwargs)
         cmd = _command(command, "command")
         name = self._image(image, platform)
+        if opts.pop("publish_all"):   # docker's -P: every port the image exposes, a free host port
+            exposed = (self.client._store().get(name).config.get("config") or {}).get("ExposedPorts") or {}
+            given = {p.rsplit(":", 1)[-1] for p in opts["ports"]}
+            opts["ports"] += [p for p in exposed if p not in given and p.split("/")[0] not in given]
         with _translated():
             rec = self.client._engine().create(name, cmd, **opts)
         return Container(self.client, rec)
@@ -903,13 +950,15 @@ class _CloseWithThread:
 class Client:
     """keel without a daemon: `root` holds images, snapshots and the database (default
     /var/lib/keel, env KEEL_ROOT), `runroot` the run state (default /run/keel, env
-    KEEL_RUNROOT); registries_conf: a registries.conf to use instead of the system's."""
+    KEEL_RUNROOT); registries_conf: a registries.conf to use instead of the system's;
+    network_config_dir: the CNI network configs (`keel network create` writes them there)."""
 
     def __init__(self, root: str | None = None, runroot: str | None = None, *,
-                 registries_conf: str | None = None):
+                 registries_conf: str | None = None, network_config_dir: str | None = None):
         self.root = os.path.abspath(root or os.environ.get("KEEL_ROOT") or DEFAULT_ROOT)
         self.runroot = os.path.abspath(runroot or os.environ.get("KEEL_RUNROOT") or DEFAULT_RUNROOT)
         self.registries_conf = registries_conf or os.environ.get("KEEL_REGISTRIES_CONF")
+        self.network_config_dir = network_config_dir   # default: env KEEL_NETWORK_CONFIG_DIR, /etc/keel/cni/net.d
         self._local = threading.local()
         self._conf_cache = None
         self.images = ImageCollection(self)
@@ -921,7 +970,7 @@ class Client:
             from keel.engine import Engine
 
             with _translated():
-                eng = Engine(self.root, self.runroot)
+                eng = Engine(self.root, self.runroot, network_config_dir=self.network_config_dir)
             self._local.engine = eng
             self._local.closer = _CloseWithThread(eng)
         return eng

@@ -158,8 +158,10 @@ def test_network_modes(client):
 
 
 def test_unsupported_options_are_refused_by_name(client):
-    with pytest.raises(keel.InvalidArgument, match="ports: not supported"):
-        client.containers.run(IMAGE, "true", ports={"80/tcp": 8080})
+    with pytest.raises(keel.InvalidArgument, match="mac_address: not supported"):
+        client.containers.run(IMAGE, "true", mac_address="02:42:ac:11:00:02")
+    with pytest.raises(keel.InvalidArgument, match="ports"):
+        client.containers.run(IMAGE, "true", ports={"80/tcp": object()})
     with pytest.raises(keel.InvalidArgument, match="stdin_open, tty: not supported"):
         client.containers.create(IMAGE, "true", tty=True, stdin_open=True)
     with pytest.raises(keel.InvalidArgument, match="restart_policy"):
@@ -363,3 +365,37 @@ def test_exec_run(client, runtime):
         c.exec_run("true")
     assert ei.value.status_code == 409
     c.remove()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_networks_published_ports_and_hosts(roots, tmp_path, runtime):
+    from net_helpers import free_port, http_get, links
+
+    netdir = tmp_path / "net.d"
+    tag = os.urandom(4).hex()
+    name, bridge = f"kl-{tag}", f"kl{tag}"
+    env = dict(os.environ, KEEL_NETWORK_CONFIG_DIR=str(netdir))
+    r = subprocess.run([sys.executable, "-m", "keel.cli.main", "--root", roots[0], "--runroot", roots[1],
+                        "network", "create", "--interface-name", bridge, "-o", "masquerade=false", name],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    c = keel.Client(root=roots[0], runroot=roots[1], network_config_dir=str(netdir))
+    try:
+        port = free_port()
+        web = c.containers.run(IMAGE, ["sh", "-c", "echo hello from keel > /tmp/index.html && "
+                                       "exec httpd -f -p 80 -h /tmp"], detach=True, runtime=runtime,
+                               network=name, ports={"80/tcp": ("127.0.0.1", port)})
+        assert http_get(f"http://127.0.0.1:{port}/index.html", timeout=20) == "hello from keel\n"
+        out = c.containers.run(IMAGE, "cat /etc/hosts /etc/resolv.conf", remove=True, runtime=runtime,
+                               network_mode="none", extra_hosts={"db.example": "10.1.2.3"},
+                               dns=["10.0.0.53"], dns_search=["example.org"])
+        assert b"10.1.2.3" in out and b"db.example" in out and b"10.0.0.53" in out and b"example.org" in out
+        web.remove(force=True)
+        assert c.containers.list(all=True) == []
+    finally:
+        for x in c.containers.list(all=True):
+            x.remove(force=True)
+        c.close()
+        subprocess.run([sys.executable, "-m", "keel.cli.main", "--root", roots[0], "--runroot", roots[1],
+                        "network", "rm", "-f", name], capture_output=True, env=env, timeout=60)
+    assert not [ln["ifname"] for ln in links() if ln["ifname"] == bridge or ln.get("master") == bridge]
