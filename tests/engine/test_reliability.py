@@ -194,6 +194,43 @@ def test_kill_9_of_run_rm_still_removes_the_container(keel):
     assert_nothing_of(keel, cid)
 
 
+@pytest.mark.parametrize("step", ["monitor", "initialized", "started"])
+def test_kill_9_with_a_cni_network_leaves_no_link_or_netns(keel, tmp_path, step):
+    """With a bridge network the start also makes a netns, a veth pair and iptables rules
+    (port mapping): `rm -f` after a kill removes them all; a started container keeps its
+    network until then."""
+    from net_helpers import free_port, http_get, iptables, links
+
+    tag = os.urandom(4).hex()
+    net, bridge = f"kr-{tag}", f"kr{tag}"
+    os.environ["KEEL_NETWORK_CONFIG_DIR"] = str(tmp_path / "net.d")
+    try:
+        r = keel("network", "create", "--interface-name", bridge, "-o", "masquerade=false", net)
+        assert r.returncode == 0, r.stderr
+        port = free_port()
+        proc = keel.popen("run", "--runtime", keel.runtime, "--name", "netted", "--network", net,
+                          "-p", f"127.0.0.1:{port}:80", IMAGE, "sh", "-c",
+                          "echo ok > /tmp/i; exec httpd -f -p 80 -h /tmp", env={"KEEL_TEST_STOP_AT": step})
+        _wait_for(lambda: _proc_state(proc.pid) == "T" or proc.poll() is not None, f"keel to stop at {step}")
+        assert proc.poll() is None, proc.communicate()
+        _sigkill(proc)
+        cid = _only_id(keel)
+        assert any(ln.get("master") == bridge for ln in links())   # the container's veth
+        if step == "started":
+            assert keel.ps()[0]["State"] == "running"
+            assert http_get(f"http://127.0.0.1:{port}/i", timeout=20) == "ok\n"
+        r = keel("rm", "-f", "netted")
+        assert r.returncode == 0, r.stderr
+        assert_nothing_of(keel, cid)
+        assert not [ln["ifname"] for ln in links() if ln.get("master") == bridge]
+        assert os.listdir(os.path.join(keel.runroot, "netns")) == []
+        assert cid not in iptables()
+    finally:
+        keel("network", "rm", "-f", net)
+        del os.environ["KEEL_NETWORK_CONFIG_DIR"]
+    assert not [ln["ifname"] for ln in links() if ln["ifname"] == bridge or ln.get("master") == bridge]
+
+
 def test_container_cleanup_is_idempotent_after_kill(keel):
     """conmon's exit command (`keel container cleanup`) on a half-made container does nothing
     harmful; rm -f still removes it."""
