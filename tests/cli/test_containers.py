@@ -252,7 +252,7 @@ def test_names_unique_and_bad_input(keel):
     r = keel.run("--name", "dup", IMAGE, "true")
     assert r.returncode == 125 and r.stdout == ""
     assert r.stderr == "Error: the container name 'dup' is already in use: remove that container or choose another name\n"
-    for args, words in ((["Bad//Name"], "image not found"), (["localhost/missing:1"], "image not found"),
+    for args, words in ((["Bad//Name"], "invalid reference 'Bad//Name'"), (["localhost/missing:1"], "image not found"),
                         (["--bogus", IMAGE], "unknown flag: --bogus"),
                         (["--stop-timeout", "x", IMAGE], "invalid int value")):
         r = keel.run(*args, "true")

@@ -39,7 +39,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _strict(p):
-    p.__class__ = _Parser
+    if isinstance(p, argparse.ArgumentParser):   # not a skipped command's stand-in (main.py)
+        p.__class__ = _Parser
     return p
 
 
@@ -185,8 +186,19 @@ def _create_flags(p):
     runopts.add_flags(p)
     p.add_argument("--log-opt", action="append", default=[], metavar="max-size=SIZE",
                    help="max-size=10m: the log starts afresh past SIZE bytes (conmon's --log-size-max)")
+    _pull_flags(p)
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+
+def _pull_flags(p):
+    from keel.cli.images import _tls
+
+    p.add_argument("--pull", default="missing", metavar="POLICY",
+                   help="pull the image: missing (default: when not stored), always, never, newer")
+    p.add_argument("--platform", default="linux/amd64", help="os/arch[/variant] to pull (default %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")
+    _tls(p)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -273,7 +285,7 @@ def _entrypoint(value):
     return [value]
 
 
-def _published(args, eng):
+def _published(args, eng, image):
     """-p, plus with -P each port the image exposes (its ExposedPorts) on a free host port."""
     ports = list(args.publish)
     if args.publish_all:
@@ -281,7 +293,7 @@ def _published(args, eng):
         from keel.image.errors import ImageError
 
         try:
-            exposed = (eng.store.get(args.image).config.get("config") or {}).get("ExposedPorts") or {}
+            exposed = (eng.store.get(image).config.get("config") or {}).get("ExposedPorts") or {}
         except ImageError as e:
             raise EngineError(str(e)) from None
         def key(spec):   # "[ip:][host:]80[/udp]" -> ("80", "udp")
@@ -293,15 +305,32 @@ def _published(args, eng):
     return ports
 
 
+def _image(args, eng):
+    """The image to create from, pulled first when --pull says so; the name to record."""
+    from keel.cli.images import _certs, _credentials
+    from keel.image.pullpolicy import ensure
+
+    def progress():
+        from keel.image.progress import make_progress
+
+        return make_progress(quiet=args.quiet, stream=sys.stderr)
+
+    _, name = ensure(eng.store, args.image, args.pull, registries_conf=args.registries_conf,
+                     progress_factory=progress, platform=args.platform, tls_verify=args.tls_verify,
+                     authfile=args.authfile, credentials=_credentials(args), certs_dirs=_certs(args))
+    return name
+
+
 def _create(args, eng):
-    return eng.create(args.image, args.command, name=args.name, entrypoint=_entrypoint(args.entrypoint),
+    image = _image(args, eng)
+    return eng.create(image, args.command, name=args.name, entrypoint=_entrypoint(args.entrypoint),
                       env=_env(args), workdir=args.workdir, user=args.user, hostname=args.hostname,
                       runtime=args.runtime, labels=_labels(args.label), network=args.network,
                       remove=args.rm, stop_signal=args.stop_signal, stop_timeout=args.stop_timeout,
                       run_options=runopts.parse(args, args.network),
                       interactive=args.interactive, tty=args.tty,
                       console_size=_terminal().caller_window_size() if args.tty else None,
-                      ports=_published(args, eng), dns=args.dns, dns_search=args.dns_search,
+                      ports=_published(args, eng, image), dns=args.dns, dns_search=args.dns_search,
                       dns_options=args.dns_option, add_hosts=args.add_host, ip=args.ip,
                       network_aliases=args.network_alias,
                       log_size_max=_log_opts(args.log_opt))
@@ -313,9 +342,11 @@ def _terminal():
     return terminal
 
 
-def _attach(eng, c, *, stdin, detach_keys, sock=None):
+def _attach(eng, c, *, stdin, detach_keys, sock=None, remove=False):
     """Stream a running container's stdio through conmon's attach socket (connected now
-    unless `sock` is given); its exit code, or None when the detach keys were typed."""
+    unless `sock` is given); its exit code, or None when the detach keys were typed.
+    With remove, remove the container as soon as its exit code is written (not waiting for
+    conmon's exit command, which then finds nothing left to do)."""
     from keel.engine import attach
     from keel.engine.errors import EngineError
 
@@ -332,10 +363,22 @@ def _attach(eng, c, *, stdin, detach_keys, sock=None):
     how = _terminal().attach_streams(
         sock, stdin=stdin, tty=c["options"].get("tty", False), detach_keys=detach_keys,
         resize=lambda rows, cols: attach.resize(bundle, rows, cols), forward_signal=forward)
-    return None if how == "detached" else eng.wait(c["id"])
+    if how == "detached":
+        return None
+    if remove:
+        done = eng._wait_exit(c["id"], None)
+        if done["state"] == "exited":
+            from keel.engine.errors import ContainerNotFound
+
+            try:
+                eng.remove(c["id"], force=True)
+            except ContainerNotFound:
+                pass   # conmon's exit command was quicker
+            return done["exit_code"]
+    return eng.wait(c["id"])
 
 
-def _start_attached(eng, c, *, stdin, detach_keys):
+def _start_attached(eng, c, *, stdin, detach_keys, remove=False):
     """Start container `c` with our stdio attached from its first byte; its exit code, or
     None when detached."""
     from keel.engine import attach
@@ -350,12 +393,12 @@ def _start_attached(eng, c, *, stdin, detach_keys):
             attach.resize(bundle, *size)
 
     try:
-        c = eng.start(c["id"], on_created=on_created)
+        c = eng.start(c["id"], on_created=on_created, attached_rm=remove)
     except BaseException:
         if "sock" in held:
             held["sock"].close()
         raise
-    return _attach(eng, c, stdin=stdin, detach_keys=detach_keys, sock=held["sock"])
+    return _attach(eng, c, stdin=stdin, detach_keys=detach_keys, sock=held["sock"], remove=remove)
 
 
 def _start_error_code(e):
@@ -387,7 +430,8 @@ def cmd_run(args):
         if args.detach:
             eng.start(c["id"])
         else:
-            code = _start_attached(eng, c, stdin=args.interactive, detach_keys=args.detach_keys)
+            code = _start_attached(eng, c, stdin=args.interactive, detach_keys=args.detach_keys,
+                                   remove=args.rm)
     except (MonitorFailed, RuntimeFailed, NetworkError) as e:
         if args.rm:
             try:

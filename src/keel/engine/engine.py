@@ -86,6 +86,13 @@ def format_time(t: float) -> str:
 DEFAULT_CGROUP_PARENT = "/keel"
 
 
+def _step(name: str) -> None:
+    """A named step of create/start. KEEL_TEST_STOP_AT=<name> makes the process stop itself
+    (SIGSTOP) there, so the reliability tests can SIGKILL `keel` at exactly that step."""
+    if os.environ.get("KEEL_TEST_STOP_AT") == name:
+        os.kill(os.getpid(), _signal.SIGSTOP)
+
+
 class Engine:
     def __init__(self, root: str, runroot: str, cgroup_parent: str | None = None,
                  network_config_dir: str | None = None):
@@ -154,9 +161,20 @@ class Engine:
         finally:
             os.close(fd)
 
-    def exit_command(self, cid: str, remove: bool) -> list[str]:
-        return [sys.executable, "-P", "-m", "keel.cli.main", "--root", self.root,
-                "--runroot", self.runroot, "container", "cleanup", *(["--rm"] if remove else []), cid]
+    def exit_command(self, cid: str, remove: bool, attached: bool = False) -> list[str]:
+        """conmon's exit command: `keel container cleanup`. attached: a foreground `run --rm`
+        removes the container itself the moment it exits; conmon then runs the command after
+        a delay, through sh, and only if the bundle is still there (keel was killed): no
+        Python start competes with the removal on the critical path."""
+        # the `keel` beside the interpreter when there is one (the Makefile's launcher skips
+        # site and runpy: this runs after every container exit)
+        launcher = os.path.join(os.path.dirname(sys.executable), "keel")
+        argv = [launcher] if os.access(launcher, os.X_OK) else [sys.executable, "-P", "-m", "keel.cli.main"]
+        argv += ["--root", self.root, "--runroot", self.runroot, "container", "cleanup",
+                 *(["--rm"] if remove else []), cid]
+        if attached:
+            argv = ["/bin/sh", "-c", '[ -d "$0" ] || exit 0; exec "$@"', self.bundle_dir(cid), *argv]
+        return argv
 
     # -- queries -----------------------------------------------------------------------------------
 
@@ -176,6 +194,11 @@ class Engine:
         fields = None
         if ex is not None:
             fields = {"state": "exited", "exit_code": ex[0], "finished": ex[1], "pid": 0}
+        elif c["state"] == "initialized" and monitor.alive(c["conmon_pid"], c["conmon_start"], c["boot_id"]):
+            # `keel start` died between the runtime's start and recording it: ask the runtime
+            st = self.runtime(c).state(c["id"])
+            if st and st.get("status") == "running":
+                fields = {"state": "running", "started": time.time()}
         elif not monitor.alive(c["conmon_pid"], c["conmon_start"], c["boot_id"]):
             st = self.runtime(c).state(c["id"]) if c["boot_id"] == monitor.boot_id() else None
             if st and st.get("status") in ("created", "running", "paused"):
@@ -263,9 +286,11 @@ class Engine:
                 rec["name"] = f"keel_{cid[:12]}"
                 self.db.insert(rec)
         # the name is ours: build the rest, undoing everything on failure
+        _step("claimed")
         try:
             os.makedirs(self.userdata_dir(cid), 0o700)
             rootfs = self.snapshotter.prepare(cid, img, self.store)
+            _step("snapshot")
             if hostname is None:
                 hostname = os.uname().nodename if network == "host" else cid[:12]
             spec = _bundle.bundle_spec(img, rootfs, command or None, entrypoint=entrypoint, env=env,
@@ -281,6 +306,7 @@ class Engine:
             _write_config(self.bundle_dir(cid), spec)
             with self._lock(cid):           # mounted only while it runs: start mounts it
                 self._unmount_rootfs(cid)
+            _step("bundle")
             self.db.update(cid, config=spec, state="created")
         except ImageError as e:
             self._discard(cid, volumes=True)
@@ -309,10 +335,11 @@ class Engine:
 
     # -- start -------------------------------------------------------------------------------------
 
-    def start(self, ref: str, on_created=None) -> dict:
+    def start(self, ref: str, on_created=None, attached_rm: bool = False) -> dict:
         """Run a created (or exited) container: conmon + `RUNTIME create`, then `RUNTIME start`.
         on_created(container) runs in between (an attach client connects there, so it sees
-        all the output)."""
+        all the output). attached_rm: the caller removes the container when it exits (see
+        exit_command)."""
         c = self.db.find(ref)
         with self._lock(c["id"]):
             c = self._sync(self.db.find(c["id"]))
@@ -340,7 +367,8 @@ class Engine:
                 pid, conmon_pid = monitor.launch(
                     cid=cid, name=c["name"], runtime_path=c["runtime"], runtime_root=self.runtime_root,
                     bundle=bundle, log_path=c["log_path"], exit_dir=self.exit_dir,
-                    exit_command=self.exit_command(cid, c["options"].get("remove", False)),
+                    exit_command=self.exit_command(cid, c["options"].get("remove", False), attached_rm),
+                    exit_delay=1 if attached_rm else 0,
                     runtime_log=os.path.join(bundle, "oci-log"),
                     terminal=c["options"].get("tty", False), stdin=c["options"].get("interactive", False),
                     log_size_max=c["options"].get("log_size_max"))
@@ -352,10 +380,12 @@ class Engine:
                 self.db.update(cid, state="exited" if c["state"] == "exited" else "created", error=str(e))
                 msg = str(e)
                 raise MonitorFailed(msg if msg.startswith(rt.name) else f"{rt.name}: {msg}") from None
+            _step("monitor")
             self.db.update(cid, state="initialized", pid=pid, conmon_pid=conmon_pid,
                            conmon_start=monitor.start_time(conmon_pid), boot_id=monitor.boot_id(),
                            exit_code=None, error="", finished=0)
             started = time.time()
+            _step("initialized")
             try:
                 if on_created is not None:
                     on_created(self.db.get(cid))
@@ -365,6 +395,7 @@ class Engine:
                     rt.kill(cid, 9)
                 self.db.update(cid, error=str(e))
                 raise
+            _step("started")
             self.db.update(cid, state="running", started=started)
             return self.db.get(cid)
 
@@ -516,13 +547,13 @@ class Engine:
             c = self._sync(c)
             if c["state"] != "exited":
                 return
-            self.runtime(c).delete(c["id"], force=True)
-            errors = _network.teardown(self, c["id"])
-            if errors and not remove:
-                self.db.update(c["id"], error="network teardown: " + errors[0])
             if remove:
-                self._remove_locked(c)
+                self._remove_locked(c)   # deletes the runtime's state and the network too
             else:
+                self.runtime(c).delete(c["id"], force=True)
+                errors = _network.teardown(self, c["id"])
+                if errors:
+                    self.db.update(c["id"], error="network teardown: " + errors[0])
                 self._unmount_rootfs(c["id"])
 
     def remove(self, ref: str, force: bool = False, timeout: float = 10.0,
@@ -545,6 +576,8 @@ class Engine:
             if monitor.alive(c["conmon_pid"], c["conmon_start"], c["boot_id"]):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(c["conmon_pid"], _signal.SIGKILL)
+        elif c["state"] in ("configured", "created"):
+            self._stop_unrecorded(c, timeout)
         with self._lock(c["id"]):
             cur = self.db.get(c["id"])
             if cur is not None:
@@ -554,9 +587,34 @@ class Engine:
                 self._remove_locked(cur, volumes)
         return c["id"]
 
+    def _stop_unrecorded(self, c: dict, timeout: float) -> None:
+        """A `keel start` killed after conmon and `RUNTIME create` ran but before it recorded
+        them leaves a conmon and a created container the database does not know: find conmon
+        by its pid file, delete the runtime's container, and let conmon exit (or kill it)."""
+        cid = c["id"]
+        try:
+            with open(os.path.join(self.bundle_dir(cid), "conmon.pid")) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                ours = cid.encode() in f.read().split(b"\0")
+        except (OSError, ValueError):
+            ours, pid = False, 0
+        if os.path.isdir(os.path.join(self.runtime_root, cid)):
+            with contextlib.suppress(RuntimeFailed):
+                self.runtime(c).delete(cid, force=True)
+        if ours:
+            rec = {"id": cid, "conmon_pid": pid, "conmon_start": monitor.start_time(pid),
+                   "boot_id": monitor.boot_id()}
+            with contextlib.suppress(MonitorFailed):
+                self._wait_monitor(rec, timeout)
+            if monitor.alive(pid, rec["conmon_start"], rec["boot_id"]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, _signal.SIGKILL)
+
     def _remove_locked(self, c: dict, volumes: bool = False) -> None:
         cid = c["id"]
-        if c["state"] in RUNNING_STATES or c["state"] == "exited":
+        if c["state"] in RUNNING_STATES or c["state"] == "exited" or \
+                os.path.isdir(os.path.join(self.runtime_root, cid)):
             self.runtime(c).delete(cid, force=True)
         from keel.engine import exec as exec_
 
@@ -574,10 +632,8 @@ def _write_config(bundle_dir: str, spec: dict) -> None:
     path = os.path.join(bundle_dir, "config.json")
     tmp = path + ".tmp"
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "w") as f:   # run state: no fsync (a reboot makes it stale anyway)
             json.dump(spec, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
         os.rename(tmp, path)
     except OSError as e:
         raise EngineError(f"bundle {bundle_dir}: writing config.json: "

@@ -112,8 +112,10 @@ def tail(entries: list[Entry], n: int) -> list[Entry]:
 def follow(path: str, done, offset: int = 0, interval: float = 0.05):
     """Yield entries appended to `path` from `offset` until done() is true, then the rest.
     A log started afresh (conmon's --log-size-max renames a new file over it, or truncates it)
-    is followed like `tail -F`: the old file is read to its end, then the new one from its start."""
-    f, buf = None, b""
+    is followed like `tail -F`: the old file is read to its end, then the new one from its start.
+    Polls every 2 ms at first, backing off to `interval` while nothing happens (a short-lived
+    container's exit is seen at once, a long-lived one costs little)."""
+    f, buf, delay = None, b"", 0.002
     try:
         while True:
             finished = done()
@@ -136,10 +138,12 @@ def follow(path: str, done, offset: int = 0, interval: float = 0.05):
                 if end >= 0:
                     lines, buf = buf[:end].split(b"\n"), buf[end + 1:]
                     yield from (e for e in map(parse_line, lines) if e is not None)
+                delay = 0.002
                 continue
             if finished:
                 return
-            time.sleep(interval)
+            time.sleep(delay)
+            delay = min(delay * 1.5, interval)
     finally:
         if f is not None:
             f.close()

@@ -89,7 +89,7 @@ def console_tmpdir(env: dict, terminal: bool):
 def launch(*, cid: str, name: str, runtime_path: str, runtime_root: str, bundle: str,
            log_path: str, exit_dir: str, exit_command: list[str], runtime_log: str,
            terminal: bool = False, stdin: bool = False,
-           log_size_max: int | None = None) -> tuple[int, int]:
+           log_size_max: int | None = None, exit_delay: int = 0) -> tuple[int, int]:
     """Start conmon for container `cid` (bundle already written); wait for the runtime's create.
     Returns (container pid, conmon pid). MonitorFailed carries the runtime's error.
 
@@ -110,6 +110,8 @@ def launch(*, cid: str, name: str, runtime_path: str, runtime_root: str, bundle:
             *(["-t"] if terminal else ["-i"] if stdin else []), "--exit-command", exit_command[0]]
     if log_size_max is not None and log_size_max > 0:
         argv += ["--log-size-max", str(log_size_max)]
+    if exit_delay:
+        argv += ["--exit-delay", str(exit_delay)]
     for a in exit_command[1:]:
         argv += ["--exit-command-arg", a]
     r, w = os.pipe()

@@ -45,7 +45,6 @@ import sys
 import tempfile
 
 from keel.image.errors import DigestMismatch, ImageError
-from keel.image.unpack import apply_layer
 from keel.kernel import libc
 from keel.kernel.errors import KernelError
 
@@ -202,6 +201,8 @@ class Snapshotter:
         return chains
 
     def _unpack(self, store, layer, chain, parents):
+        from keel.image.unpack import apply_layer   # not on `keel run`'s path: layers are there
+
         hexid = _hex(chain)
         tmp = tempfile.mkdtemp(prefix=hexid[:16] + "-", dir=self._p("tmp"))
         link = None
