@@ -56,6 +56,19 @@ def alive(pid):
     return st[st.rindex(b")") + 2:][:1] not in (b"Z", b"X")
 
 
+def left_running(text, timeout=15.0):
+    """Live pids mentioning `text` once they had `timeout` seconds to finish (conmon runs its
+    exit command a moment after the container ended; pid 1 reaps orphans late here)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids_mentioning(text) if alive(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)
+
+
 def describe(pids):
     out = {}
     for p in pids:

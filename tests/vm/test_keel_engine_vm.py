@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import KEEL_VM, alive, pids_mentioning
+from conftest import KEEL_VM, left_running
 
 _TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(_TESTS, "image"))
@@ -49,7 +49,7 @@ def test_keel_run_with_keel_vm(tmp_path, oci_busybox, guest_release):
         assert r.returncode == 3 and r.stdout.startswith("42\nsleep"), (r.stdout, r.stderr)
     finally:
         keel("rm", "-f", "vmc", "vmd")
-    left = [p for p in pids_mentioning(str(tmp_path)) if alive(p)]
+    left = left_running(str(tmp_path))
     assert not left, left
 
 
@@ -68,7 +68,7 @@ def test_keel_run_it_with_keel_vm(tmp_path, oci_busybox, guest_release):
                              b"tty; echo x$((6*7)); exit 5\r", env=env, timeout=120)
     assert code == 5, out
     assert b"/dev/pts/" in out and b"x42" in out, out
-    left = [p for p in pids_mentioning(str(tmp_path)) if alive(p)]
+    left = left_running(str(tmp_path))
     assert not left, left
 
 
@@ -104,5 +104,5 @@ def test_keel_network_and_published_port_reach_the_vm(tmp_path, oci_busybox, gue
         keel("rm", "-f", "web")
         keel("network", "rm", name)
     assert not [ln["ifname"] for ln in links() if bridge in ln["ifname"]]
-    left = [p for p in pids_mentioning(str(tmp_path)) if alive(p)]
+    left = left_running(str(tmp_path))
     assert not left, left
