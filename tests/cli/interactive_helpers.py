@@ -17,6 +17,14 @@ import termios
 import sys
 import time
 
+import pytest
+
+# engine_helpers (the engine tests' leftover checks and RUNTIMES) lives beside tests/cli.
+_ENGINE_TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine")
+if _ENGINE_TESTS not in sys.path:
+    sys.path.insert(0, _ENGINE_TESTS)
+import engine_helpers  # noqa: E402
+
 
 class PtySession:
     def __init__(self, argv, *, env=None, rows=24, cols=80):
@@ -204,7 +212,22 @@ def own_leftovers(tmp_path, before):
     """engine_helpers.leftovers without its machine-wide netns count, which other test runs on
     this machine change at the same time; our containers' netns paths are under tmp_path and
     its mount check sees them."""
-    import engine_helpers
-
     return [p for p in engine_helpers.leftovers(tmp_path, before)
             if not p.startswith("network namespaces:")]
+
+
+# Fixtures of test_interactive.py and test_keel_exec.py (each imports them by name).
+
+@pytest.fixture(autouse=True)
+def no_leftovers(tmp_path):
+    before = engine_helpers.snapshot()
+    yield
+    problems = own_leftovers(tmp_path, before)
+    assert not problems, "left behind: " + "; ".join(problems)
+
+
+@pytest.fixture(params=engine_helpers.RUNTIMES)
+def keel(request, tmp_path, oci_busybox):
+    k = make_keel(tmp_path, request.param, oci_busybox)
+    yield k
+    remove_all(k)

@@ -4,34 +4,14 @@ test's own (CI has no terminal), each container test on keel-runtime and on runc
 import hashlib
 import os
 import subprocess
-import sys
 import termios
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine"))
-import engine_helpers  # noqa: E402
-from engine_helpers import RUNTIMES  # noqa: E402
-from interactive_helpers import (IMAGE, conmon_fds, is_raw, make_keel, one_line_error,  # noqa: E402
-                                 own_leftovers, remove_all, wait_for, wait_raw)
-
-from keel.cli.terminal import DetachKeys, parse_detach_keys  # noqa: E402
-from keel.engine.errors import EngineError  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers(tmp_path):
-    before = engine_helpers.snapshot()
-    yield
-    problems = own_leftovers(tmp_path, before)
-    assert not problems, "left behind: " + "; ".join(problems)
-
-
-@pytest.fixture(params=RUNTIMES)
-def keel(request, tmp_path, oci_busybox):
-    k = make_keel(tmp_path, request.param, oci_busybox)
-    yield k
-    remove_all(k)
+from interactive_helpers import (IMAGE, conmon_fds, is_raw, keel, no_leftovers,  # noqa: F401
+                                 one_line_error, wait_for, wait_raw)
+from keel.cli.terminal import DetachKeys, parse_detach_keys
+from keel.engine.errors import EngineError
 
 
 def _assert_clean(keel):

@@ -4,34 +4,14 @@ and clean failures; each test on keel-runtime and on runc, nothing left behind."
 
 import os
 import re
-import sys
 import termios
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine"))
-import engine_helpers  # noqa: E402
-from engine_helpers import RUNTIMES  # noqa: E402
-from interactive_helpers import (IMAGE, make_keel, one_line_error, own_leftovers,  # noqa: E402
-                                 remove_all, wait_for, wait_raw)
-
-from keel.image.bundle import DOCKER_CAPS  # noqa: E402
-from keel.kernel import caps  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers(tmp_path):
-    before = engine_helpers.snapshot()
-    yield
-    problems = own_leftovers(tmp_path, before)
-    assert not problems, "left behind: " + "; ".join(problems)
-
-
-@pytest.fixture(params=RUNTIMES)
-def keel(request, tmp_path, oci_busybox):
-    k = make_keel(tmp_path, request.param, oci_busybox)
-    yield k
-    remove_all(k)
+from interactive_helpers import (IMAGE, keel, no_leftovers, one_line_error, wait_for,  # noqa: F401
+                                 wait_raw)
+from keel.image.bundle import DOCKER_CAPS
+from keel.kernel import caps
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 CGROUP = "/sys/fs/cgroup"
 RUNTIMES = ["keel-runtime", "runc"]
 
@@ -106,3 +108,16 @@ def leftovers(tmp, before, settle=5.0):
     if netns:
         problems.append(f"network namespaces: before {before['netns']}, after {_netns()}")
     return problems
+
+
+@pytest.fixture
+def engine(roots):
+    """An Engine on the test's roots; every container left in it is removed after the test
+    (import it by name into the test module)."""
+    from keel.engine import Engine
+
+    e = Engine(*roots)
+    yield e
+    for c in e.containers():
+        e.remove(c["id"], force=True)
+    e.close()

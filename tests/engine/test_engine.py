@@ -7,20 +7,11 @@ import time
 
 import pytest
 
-from engine_helpers import RUNTIMES
+from engine_helpers import RUNTIMES, engine  # noqa: F401
 from keel.engine import Engine
 from keel.engine.errors import ContainerNotFound, EngineError, InvalidState, NameInUse
 
 IMAGE = "localhost/busybox:latest"
-
-
-@pytest.fixture
-def engine(roots):
-    e = Engine(*roots)
-    yield e
-    for c in e.containers():
-        e.remove(c["id"], force=True)
-    e.close()
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

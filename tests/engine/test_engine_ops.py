@@ -6,22 +6,13 @@ import time
 
 import pytest
 
-from engine_helpers import RUNTIMES
-from keel.engine import Engine, logs, ops, stats
+from engine_helpers import RUNTIMES, engine  # noqa: F401
+from keel.engine import logs, ops, stats
 from keel.engine.errors import ContainerNotFound, EngineError, InvalidState
 from keel.image.snapshot import is_mounted
 
 IMAGE = "localhost/busybox:latest"
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
-
-
-@pytest.fixture
-def engine(roots):
-    e = Engine(*roots)
-    yield e
-    for c in e.containers():
-        e.remove(c["id"], force=True)
-    e.close()
 
 
 def _count(engine, c):

@@ -10,6 +10,7 @@ Classes: containerd CVE-2021-32760 (chmod through a symlink), Docker CVE-2018-15
 through a symlink), and the tar path-traversal family.
 """
 
+import functools
 import hashlib
 import io
 import os
@@ -18,36 +19,16 @@ import tarfile
 
 import pytest
 
+import layer_helpers
+from layer_helpers import make_tar
+
 from keel.image.errors import UnpackError
 from keel.image.unpack import apply_layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="unpack tests need root")
 
 MTIME = 1_500_000_000
-
-
-def entry(name, kind="file", data=b"", mode=None, link="", dev=(0, 0), pax=None):
-    ti = tarfile.TarInfo(name)
-    ti.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
-               "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE,
-               "blk": tarfile.BLKTYPE}[kind]
-    ti.mode = mode if mode is not None else (0o755 if kind == "dir" else 0o644)
-    ti.mtime = MTIME + 12345
-    ti.linkname = link
-    ti.devmajor, ti.devminor = dev
-    if kind == "file":
-        ti.size = len(data)
-    if pax:
-        ti.pax_headers = dict(pax)
-    return ti, data
-
-
-def make_tar(entries):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for ti, data in entries:
-            tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
-    return buf.getvalue()
+entry = functools.partial(layer_helpers.entry, mtime=MTIME + 12345)
 
 
 def snapshot(top, skip):

@@ -4,19 +4,21 @@ merged view of keel's overlay compared file by file with `umoci unpack` of the s
 Every test leaves no mount behind under its tmp dir (checked against /proc/self/mountinfo).
 """
 
+import functools
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
 import stat
 import subprocess
-import tarfile
 import threading
 import time
 
 import pytest
+
+import layer_helpers
+from layer_helpers import make_tar, sha
 
 from keel.image.errors import DigestMismatch, ImageError, UnpackError
 from keel.image.snapshot import Snapshotter, is_mounted
@@ -24,36 +26,10 @@ from keel.image.snapshot import Snapshotter, is_mounted
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="snapshot tests need root (overlay mounts)")
 
 MTIME = 1_650_000_000
+entry = functools.partial(layer_helpers.entry, mtime=MTIME)
 
 
 # -- building images ---------------------------------------------------------------------------
-
-
-def entry(name, kind="file", data=b"", mode=None, uid=0, gid=0, link="", dev=(0, 0), xattrs=None,
-          mtime=MTIME):
-    ti = tarfile.TarInfo(name)
-    ti.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
-               "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE,
-               "blk": tarfile.BLKTYPE}[kind]
-    ti.mode = mode if mode is not None else (0o755 if kind == "dir" else 0o644)
-    ti.uid, ti.gid, ti.mtime, ti.linkname = uid, gid, mtime, link
-    ti.devmajor, ti.devminor = dev
-    ti.size = len(data) if kind == "file" else 0
-    ti.pax_headers = {"SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape")
-                      for k, v in (xattrs or {}).items()}
-    return ti, data
-
-
-def make_tar(entries):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for ti, data in entries:
-            tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
-    return buf.getvalue()
-
-
-def sha(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def add_image(store, tars, name="localhost/test:latest", diff_ids=None, compress="gzip"):

@@ -4,6 +4,7 @@ Each layer is built here with tarfile; the checks read the unpacked tree back wi
 getxattr and readlink (root is needed for ownership, device nodes and trusted.* xattrs).
 """
 
+import functools
 import gzip
 import hashlib
 import io
@@ -15,47 +16,16 @@ import tracemalloc
 
 import pytest
 
+import layer_helpers
+from layer_helpers import make_tar, sha
+
 from keel.image.errors import UnpackError
 from keel.image.unpack import apply_layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="unpack tests need root")
 
 MTIME = 1_600_000_000
-
-
-def entry(name, kind="file", data=b"", mode=None, uid=0, gid=0, mtime=MTIME, link="",
-          dev=(0, 0), xattrs=None, pax=None):
-    """A (TarInfo, data) pair; kind: file, dir, symlink, hardlink, fifo, chr, blk, or a raw
-    one-byte tar type."""
-    ti = tarfile.TarInfo(name)
-    types = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
-             "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE,
-             "blk": tarfile.BLKTYPE}
-    ti.type = types.get(kind, kind if isinstance(kind, bytes) else None)
-    ti.mode = mode if mode is not None else (0o755 if kind == "dir" else 0o644)
-    ti.uid, ti.gid = uid, gid
-    ti.mtime = mtime
-    ti.linkname = link
-    ti.devmajor, ti.devminor = dev
-    if kind == "file":
-        ti.size = len(data)
-    headers = dict(pax or {})
-    for k, v in (xattrs or {}).items():
-        headers["SCHILY.xattr." + k] = v.decode("utf-8", "surrogateescape")
-    ti.pax_headers = headers
-    return ti, data
-
-
-def make_tar(entries):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for ti, data in entries:
-            tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
-    return buf.getvalue()
-
-
-def sha(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+entry = functools.partial(layer_helpers.entry, mtime=MTIME)
 
 
 def apply(data, dest, **kw):

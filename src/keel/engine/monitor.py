@@ -20,6 +20,7 @@ import subprocess
 import time
 
 from keel.engine.errors import MonitorFailed
+from keel.kernel.boot import boot_id  # engine.py calls it as monitor.boot_id too
 
 CONMON = "conmon"
 SYNC_TIMEOUT = 120.0
@@ -31,14 +32,6 @@ def find_conmon() -> str:
     if not os.access(path, os.X_OK):
         raise MonitorFailed("conmon not found: install the conmon package (or set KEEL_CONMON)")
     return path
-
-
-def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def start_time(pid: int) -> str:

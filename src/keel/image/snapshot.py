@@ -46,6 +46,7 @@ import tempfile
 
 from keel.image.errors import DigestMismatch, ImageError
 from keel.kernel import libc
+from keel.kernel.boot import boot_id
 from keel.kernel.errors import KernelError
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
@@ -95,15 +96,6 @@ def _mountpoints():
 
 def is_mounted(path: str) -> bool:
     return os.path.realpath(path) in _mountpoints()
-
-
-def boot_id() -> str:
-    """This boot's id (changes at every reboot), "" when the kernel does not say."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _write_json(path, data):

@@ -179,7 +179,9 @@ def _help(table):
     return USAGE
 
 
-def parse(argv):
+def parse(argv, prog="keel-runtime", usage=USAGE):
+    """(command, options, positional arguments) of a runc-style command line; keel-vm passes its
+    own program name and usage text."""
     opts = Options()
     i = 0
     # Global options come before the command.
@@ -202,66 +204,85 @@ def parse(argv):
                 value = argv[i]
             setattr(opts, dest, value)
         i += 1
-    if i >= len(argv):
+    if i >= len(argv) or argv[i] == "help":
         return "help", opts, []
     cmd = argv[i]
-    if cmd == "help":
-        return "help", opts, []
     if cmd not in COMMANDS:
-        raise UsageError(f"no such command: {cmd!r} (see keel-runtime --help)")
+        raise UsageError(f"no such command: {cmd!r} (see {prog} --help)")
     rest = argv[i + 1:]
-    if any(a in ("-h", "--help") for a in rest[:1]) or (rest and rest[0] in ("-h", "--help")):
-        lo, hi, usage = ARGS[cmd]
+    lo, hi, cmd_usage = ARGS[cmd]
+    if rest[:1] and rest[0] in ("-h", "--help"):
         flags = ", ".join(sorted("--" + f if len(f) > 1 else "-" + f for f in COMMANDS[cmd]))
-        print(f"usage: keel-runtime {usage}\nflags: {flags or '(none)'}")
+        print(f"usage: {prog} {cmd_usage}\nflags: {flags or '(none)'}")
         raise SystemExit(0)
-    positional = _parse(rest, COMMANDS[cmd], opts, cmd in _STOP_AT_POSITIONAL)
-    lo, hi, usage = ARGS[cmd]
+    try:
+        positional = _parse(rest, COMMANDS[cmd], opts, cmd in _STOP_AT_POSITIONAL)
+    except SystemExit:  # a -h after other flags: the program's whole usage
+        raise SystemExit(usage) from None
     if len(positional) < lo or (hi is not None and len(positional) > hi):
-        raise UsageError(f"{cmd}: wrong number of arguments; usage: keel-runtime {usage}")
+        raise UsageError(f"{cmd}: wrong number of arguments; usage: {prog} {cmd_usage}")
     return cmd, opts, positional
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def run_main(argv, prog, usage, version, root_env, default_root, load_commands):
+    """The main() of keel-runtime and keel-vm: parse, help/version, logging, the --root default,
+    then the command `load_commands().cmd_<command>(opts, args)`.
+
+    version() returns the --version text; default_root() the root when neither --root nor
+    $root_env gives one; load_commands() the module of cmd_ functions (imported only when a
+    command runs, so --help and --version stay cheap)."""
     from keel.errors import KeelError
     from keel.runtime import log
 
+    log.PROG = prog
     try:
-        cmd, opts, args = parse(argv)
+        cmd, opts, args = parse(argv, prog, usage)
     except UsageError as e:
-        sys.stderr.write(f"keel-runtime: {e}\n")
+        sys.stderr.write(f"{prog}: {e}\n")
         return 2
     if cmd == "help":
-        sys.stdout.write(USAGE)
+        sys.stdout.write(usage)
         return 0
     if cmd == "version":
-        from keel import __version__
-        from keel.runtime.features import OCI_VERSION_MAX
-
-        print(f"keel-runtime version {__version__}\nspec: {OCI_VERSION_MAX}")
+        print(version())
         return 0
     if opts.log_format not in ("text", "json"):
-        sys.stderr.write(f"keel-runtime: --log-format: unknown format {opts.log_format!r} (text or json)\n")
+        sys.stderr.write(f"{prog}: --log-format: unknown format {opts.log_format!r} (text or json)\n")
         return 2
     try:
         log.configure(opts.log, opts.log_format, opts.debug)
     except OSError as e:
-        sys.stderr.write(f"keel-runtime: --log {opts.log}: {e.strerror.lower()}\n")
+        sys.stderr.write(f"{prog}: --log {opts.log}: {e.strerror.lower()}\n")
         return 2
     if opts.systemd_cgroup:
-        log.error("--systemd-cgroup: the systemd cgroup driver is not supported by keel-runtime (use cgroupfs paths)")
+        log.error(f"--systemd-cgroup: the systemd cgroup driver is not supported by {prog} (use cgroupfs paths)")
         return 2
     if opts.root is None:
-        opts.root = os.environ.get(ROOT_ENV) or default_root()
+        opts.root = os.environ.get(root_env) or default_root()
     opts.root = os.path.abspath(opts.root)
     log.debug(f"command {cmd} {args}")
     try:
-        from keel.runtime import commands
-
-        return getattr(commands, "cmd_" + cmd)(opts, args) or 0
+        return getattr(load_commands(), "cmd_" + cmd)(opts, args) or 0
     except KeelError as e:
         log.error(str(e))
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _version():
+    from keel import __version__
+    from keel.runtime.features import OCI_VERSION_MAX
+
+    return f"keel-runtime version {__version__}\nspec: {OCI_VERSION_MAX}"
+
+
+def _commands():
+    from keel.runtime import commands
+
+    return commands
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    return run_main(argv, "keel-runtime", USAGE, _version, ROOT_ENV, default_root, _commands)

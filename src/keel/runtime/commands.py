@@ -68,14 +68,20 @@ def cmd_delete(opts, args):
 
 
 def cmd_list(opts, args):
+    list_containers(opts, Container.load, RuntimeError_)
+
+
+def list_containers(opts, load, error):
+    """`list` of keel-runtime and keel-vm: load(root, id) reads a container (raising `error` for
+    one that went away meanwhile, which is skipped); `error` also reports a bad --format."""
     fmt = opts.format or "table"
     if fmt not in ("table", "json"):
-        raise RuntimeError_(f"--format: unknown format {fmt!r} (table or json)")
+        raise error(f"--format: unknown format {fmt!r} (table or json)")
     rows = []
     for cid in list_ids(opts.root):
         try:
-            rows.append(Container.load(opts.root, cid).runc_state())
-        except RuntimeError_:
+            rows.append(load(opts.root, cid).runc_state())
+        except error:
             continue
     if opts.quiet:
         for r in rows:

@@ -9,11 +9,12 @@ import os
 import time
 
 from keel.kernel import libc
+from keel.kernel.boot import boot_id
 from keel.oci import config as ociconfig
 from keel.oci.config import NAMESPACE_FLAGS
 from keel.runtime import channel, log, process, sealed
 from keel.runtime.errors import RuntimeError_
-from keel.runtime.state import Container, boot_id, check_id, proc_start_time
+from keel.runtime.state import Container, check_id, proc_start_time
 
 
 class Created:

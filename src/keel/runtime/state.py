@@ -37,14 +37,6 @@ def proc_start_time(pid):
     return int(rest[19]), rest[0].decode()
 
 
-def boot_id():
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 class Container:
     """One container's directory under the runtime root."""
 
@@ -80,13 +72,20 @@ class Container:
     def alive(self):
         """True while the init process (same pid, same start time, same boot) exists."""
         pid = self.pid
-        if pid <= 0 or self.data.get("bootId") != boot_id():
+        if pid <= 0:
             return False
         start, st = proc_start_time(pid)
-        return start is not None and start == self.data.get("initStartTime") and st not in ("Z", "X")
+        if start is None or start != self.data.get("initStartTime") or st in ("Z", "X"):
+            return False
+        # Imported only for a live pid: `list` of stopped containers does not load it.
+        from keel.kernel.boot import boot_id
+
+        return self.data.get("bootId") == boot_id()
 
     def status(self):
         if self.data.get("status") == "creating":
+            from keel.kernel.boot import boot_id
+
             # A create that died half-way leaves a stopped container behind, not a live one.
             start, st = proc_start_time(self.data.get("creator", 0))
             if (start is not None and start == self.data.get("creatorStartTime")

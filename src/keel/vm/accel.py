@@ -20,7 +20,7 @@ PROBE_TIMEOUT = 15.0
 
 
 def _key(assets):
-    from keel.runtime.state import boot_id
+    from keel.kernel.boot import boot_id
     from keel.vm.qemu import qemu_binary
 
     q = qemu_binary()

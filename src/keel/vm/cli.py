@@ -1,9 +1,9 @@
-"""keel-vm's command line: keel-runtime's (runc's) tables and parser, with keel-vm's dispatch."""
+"""keel-vm's command line: keel-runtime's (runc's) tables, parser and main, with keel-vm's usage,
+version, root and commands."""
 
-import os
 import sys
 
-from keel.runtime.cli import ARGS, COMMANDS, GLOBAL, UsageError, _parse, Options, _STOP_AT_POSITIONAL
+from keel.runtime import cli as runtime_cli
 
 USAGE = """usage: keel-vm [global options] COMMAND [options] [arguments]
 
@@ -39,90 +39,22 @@ Environment: KEEL_VM_CACHE (guest kernel cache, default /var/cache/keel/vm), KEE
 """
 
 
-def parse(argv):
-    opts = Options()
-    i = 0
-    while i < len(argv) and argv[i].startswith("-"):
-        name, eq, value = argv[i].lstrip("-").partition("=")
-        if name in ("v", "version"):
-            return "version", opts, []
-        if name in ("h", "help"):
-            return "help", opts, []
-        if name not in GLOBAL:
-            raise UsageError(f"flag provided but not defined: -{name}")
-        dest, takes_value = GLOBAL[name]
-        if not takes_value:
-            setattr(opts, dest, value != "false" if eq else True)
-        else:
-            if not eq:
-                i += 1
-                if i >= len(argv):
-                    raise UsageError(f"flag needs an argument: -{name}")
-                value = argv[i]
-            setattr(opts, dest, value)
-        i += 1
-    if i >= len(argv) or argv[i] == "help":
-        return "help", opts, []
-    cmd = argv[i]
-    if cmd not in COMMANDS:
-        raise UsageError(f"no such command: {cmd!r} (see keel-vm --help)")
-    rest = argv[i + 1:]
-    lo, hi, usage = ARGS[cmd]
-    if rest[:1] and rest[0] in ("-h", "--help"):
-        flags = ", ".join(sorted("--" + f if len(f) > 1 else "-" + f for f in COMMANDS[cmd]))
-        print(f"usage: keel-vm {usage}\nflags: {flags or '(none)'}")
-        raise SystemExit(0)
-    try:
-        positional = _parse(rest, COMMANDS[cmd], opts, cmd in _STOP_AT_POSITIONAL)
-    except SystemExit:
-        raise SystemExit(USAGE) from None
-    if len(positional) < lo or (hi is not None and len(positional) > hi):
-        raise UsageError(f"{cmd}: wrong number of arguments; usage: keel-vm {usage}")
-    return cmd, opts, positional
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    from keel.errors import KeelError
-    from keel.runtime import log
+    return runtime_cli.run_main(argv, "keel-vm", USAGE, _version, "KEEL_VM_ROOT", _default_root, _commands)
 
-    log.PROG = "keel-vm"
-    try:
-        cmd, opts, args = parse(argv)
-    except UsageError as e:
-        sys.stderr.write(f"keel-vm: {e}\n")
-        return 2
-    if cmd == "help":
-        sys.stdout.write(USAGE)
-        return 0
-    if cmd == "version":
-        from keel import __version__
-        from keel.vm import protocol
 
-        print(f"keel-vm version {__version__}\nspec: 1.1.0\nagent protocol: {protocol.VERSION}")
-        return 0
-    if opts.log_format not in ("text", "json"):
-        sys.stderr.write(f"keel-vm: --log-format: unknown format {opts.log_format!r} (text or json)\n")
-        return 2
-    try:
-        log.configure(opts.log, opts.log_format, opts.debug)
-    except OSError as e:
-        sys.stderr.write(f"keel-vm: --log {opts.log}: {e.strerror.lower()}\n")
-        return 2
-    if opts.systemd_cgroup:
-        log.error("--systemd-cgroup: the systemd cgroup driver is not supported by keel-vm")
-        return 2
-    opts.root = os.path.abspath(opts.root or os.environ.get("KEEL_VM_ROOT") or _default_root())
-    log.debug(f"command {cmd} {args}")
-    try:
-        from keel.vm import commands
+def _version():
+    from keel import __version__
+    from keel.vm import protocol
 
-        return getattr(commands, "cmd_" + cmd)(opts, args) or 0
-    except KeelError as e:
-        log.error(str(e))
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return f"keel-vm version {__version__}\nspec: 1.1.0\nagent protocol: {protocol.VERSION}"
+
+
+def _commands():
+    from keel.vm import commands
+
+    return commands
 
 
 def _default_root():

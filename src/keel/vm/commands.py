@@ -7,7 +7,7 @@ import time
 
 from keel.oci import fastjson
 from keel.vm.errors import VMError
-from keel.vm.state import VMContainer, list_ids, read_reply
+from keel.vm.state import VMContainer, read_reply
 
 
 def _load(opts, cid):
@@ -181,27 +181,9 @@ def cmd_delete(opts, args):
 
 
 def cmd_list(opts, args):
-    fmt = opts.format or "table"
-    if fmt not in ("table", "json"):
-        raise VMError(f"--format: unknown format {fmt!r} (table or json)")
-    rows = []
-    for cid in list_ids(opts.root):
-        try:
-            rows.append(VMContainer.load(opts.root, cid).runc_state())
-        except VMError:
-            continue
-    if opts.quiet:
-        for r in rows:
-            print(r["id"])
-    elif fmt == "json":
-        print(fastjson.dumps(rows) if rows else "null")
-    else:
-        out = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
-        out += [(r["id"], str(r["pid"]), r["status"], r["bundle"], r["created"], r["owner"] or "root")
-                for r in rows]
-        widths = [max(len(row[i]) for row in out) for i in range(len(out[0]))]
-        for row in out:
-            print("   ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    from keel.runtime.commands import list_containers
+
+    list_containers(opts, VMContainer.load, VMError)
 
 
 def cmd_ps(opts, args):

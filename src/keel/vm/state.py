@@ -9,7 +9,8 @@ import os
 import socket
 
 from keel.oci import fastjson
-from keel.runtime.state import Container, boot_id, check_id, list_ids, proc_start_time  # noqa: F401
+from keel.kernel.boot import boot_id  # noqa: F401
+from keel.runtime.state import Container, check_id, list_ids, proc_start_time  # noqa: F401
 from keel.vm.errors import VMError
 
 DEFAULT_ROOT = "/run/keel/vm"
