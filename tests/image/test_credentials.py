@@ -296,3 +296,28 @@ def test_tokens_are_cached_per_scope_until_they_expire(registry_token, token_ima
         assert len(ts.requests) == n + 3
     sent = [r for r in t.requests[before:] if "/manifests/" in r[1]]
     assert len(sent) == 1 and sent[0][3]["authorization"].startswith("Bearer ")
+
+
+def test_a_failing_helper_store_leaves_the_file_alone(registry_basic, helper, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEEL_HELPER_MODE", "fail")
+    stale = base64.b64encode(b"old:old").decode()
+    doc = {"auths": {registry_basic.host: {"auth": stale}}, "credsStore": "keeltest"}
+    authfile = write_authfile(tmp_path / "config.json", doc)
+    with pytest.raises(CredentialHelperError, match="docker-credential-keeltest store: exit status 3: "
+                                                    "keychain is locked"):
+        auth.set_credentials(registry_basic.host, "keel", "s3cret", authfile)
+    assert json.load(open(authfile)) == doc
+
+
+def test_cli_pull_with_a_broken_helper_is_one_line(helper, tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("KEEL_HELPER_MODE", "garbage")
+    authfile = write_authfile(tmp_path / "config.json", {"credHelpers": {"127.0.0.1:1": "keeltest"}})
+    r = subprocess.run([sys.executable, "-m", "keel.cli.main", "--root", str(tmp_path / "root"),
+                        "--runroot", str(tmp_path / "run"), "pull", "--authfile", authfile,
+                        "--tls-verify=false", "127.0.0.1:1/a/b:1"],
+                       capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert r.returncode == 125
+    assert r.stderr.strip() == ("Error: credential helper docker-credential-keeltest get 127.0.0.1:1: "
+                                "invalid answer (not json): '<html>login page</html>'")
