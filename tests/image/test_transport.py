@@ -162,9 +162,11 @@ def test_body_shorter_than_content_length_is_a_transport_error(server):
         h.wfile.write(b"z" * 1000)
         h.close_connection = True
     s = server(handle)
-    with transport.Session() as sess, sess.request("GET", s.url + "/short") as r:
-        with pytest.raises(transport.TransportError, match="connection closed after 1000 bytes, 99000 short"):
-            list(r.iter_bytes())
+    with transport.Session() as sess:
+        with sess.request("GET", s.url + "/short") as r:
+            with pytest.raises(transport.TransportError, match="connection closed after 1000 bytes, 99000 short"):
+                list(r.iter_bytes())
+        assert sess._idle.get(("http", "127.0.0.1", s.port), []) == []   # not pooled
 
 
 def test_read_timeout_and_connect_refused(server):

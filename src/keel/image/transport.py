@@ -118,10 +118,12 @@ class Response:
         self.headers = raw.msg              # case-insensitive .get()
         self.url = url
         self.method = method
+        self._broken = False                # the body failed half-way: never reuse the connection
 
     def iter_bytes(self, chunk_size: int = 1 << 20):
         """The body in chunks of up to chunk_size bytes; TransportError if it is cut short."""
         raw, got = self._raw, 0
+        self._broken = True                 # until the body ends where it should
         try:
             while True:
                 b = raw.read(chunk_size)
@@ -130,6 +132,7 @@ class Response:
                     if raw.length:
                         raise TransportError(f"connection closed after {got} bytes, {raw.length} "
                                              "short of the announced length")
+                    self._broken = False
                     return
                 got += len(b)
                 yield b
@@ -154,7 +157,7 @@ class Response:
         raw, self._raw = self._raw, None
         if raw is None:
             return
-        reusable = not raw.will_close
+        reusable = not raw.will_close and not self._broken
         if reusable and not raw.isclosed():
             length = raw.length
             if length is not None and length <= MAX_DRAIN:
