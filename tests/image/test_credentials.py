@@ -23,7 +23,7 @@ from registry_fixtures import (RecordingTransport, make_image, registry_basic, r
 HELPER = r'''#!{python}
 """docker-credential-keeltest: a credential helper for keel's tests. Secrets live in
 $KEEL_HELPER_DIR/store.json; every call is logged to $KEEL_HELPER_DIR/calls.json;
-$KEEL_HELPER_MODE changes the behaviour: ok, garbage, fail, notjson-object, numbers."""
+$KEEL_HELPER_MODE changes the behaviour: ok, garbage, fail, notjson-object, numbers, hang."""
 import json, os, sys
 d = os.environ["KEEL_HELPER_DIR"]
 mode = os.environ.get("KEEL_HELPER_MODE", "ok")
@@ -41,6 +41,8 @@ if mode == "fail":
     print("keychain is locked"); sys.exit(3)
 if mode == "notjson-object":
     print("[1, 2]"); sys.exit(0)
+if mode == "hang":
+    import time; time.sleep(30)
 if mode == "numbers":
     print(json.dumps({{"ServerURL": data, "Username": 1, "Secret": 2}})); sys.exit(0)
 if action == "get":
@@ -321,3 +323,12 @@ def test_cli_pull_with_a_broken_helper_is_one_line(helper, tmp_path, monkeypatch
     assert r.returncode == 125
     assert r.stderr.strip() == ("Error: credential helper docker-credential-keeltest get 127.0.0.1:1: "
                                 "invalid answer (not json): '<html>login page</html>'")
+
+
+def test_a_helper_that_never_answers_is_given_up_on(helper, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEEL_HELPER_MODE", "hang")
+    monkeypatch.setattr(auth, "HELPER_TIMEOUT", 1.0)
+    authfile = write_authfile(tmp_path / "config.json", {"credHelpers": {"x.example": "keeltest"}})
+    with pytest.raises(CredentialHelperError) as e:
+        auth.get_credentials("x.example", authfile)
+    assert str(e.value) == "credential helper docker-credential-keeltest get: no answer within 1 s"
