@@ -12,7 +12,8 @@ import pytest
 
 from keel.image.errors import RegistryError
 from keel.image.progress import make_progress
-from keel.image.registry import host_platform, platform_mismatch
+from keel.image.platform import host as host_platform
+from keel.image.registry import platform_mismatch
 from keel.image.store import Store
 
 from registry_fixtures import client, lying_registry, make_image, make_index, ref, sha256  # noqa: F401

@@ -42,6 +42,7 @@ import time
 import urllib.parse
 
 from keel.image import digest as _digest
+from keel.image import platform as _platform
 from keel.image import transport as _http
 from keel.image.errors import DigestMismatch, ImageError, RegistryError
 from keel.image.progress import Progress
@@ -68,10 +69,6 @@ IDENTITY_TOKEN_USER = "<token>"    # = keel.image.auth.IDENTITY_TOKEN_USER (dock
 OAUTH_CLIENT_ID = "keel"
 DEFAULT_TOKEN_LIFETIME = 60        # seconds, when the token server does not say (distribution spec)
 
-_ARCH_ALIASES = {"x86_64": ("amd64", None), "x86-64": ("amd64", None), "aarch64": ("arm64", None),
-                 "armhf": ("arm", "v7"), "armel": ("arm", "v6"), "i386": ("386", None),
-                 "i686": ("386", None)}
-_DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
 _AUTH_PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
 
 
@@ -111,49 +108,14 @@ def parse_www_authenticate(header: str) -> list[tuple[str, dict]]:
     return out
 
 
-def parse_platform(s: str) -> tuple[str, str, str | None]:
-    """("linux", "arm64", "v8") from "linux/arm64/v8"; architecture aliases normalised."""
-    parts = (s or "").strip().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ImageError(f"invalid platform {s!r}: expected os/arch[/variant]")
-    os_, arch = parts[0].lower(), parts[1].lower()
-    variant = parts[2].lower() if len(parts) == 3 else None
-    if arch in _ARCH_ALIASES:
-        arch, v = _ARCH_ALIASES[arch]
-        variant = variant or v
-    return os_, arch, variant
-
-
-def _platform_str(p: dict) -> str:
-    s = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
-    return s + (f"/{p['variant']}" if p.get("variant") else "")
-
-
 def select_platform(manifests: list[dict], platform: str, what: str) -> dict:
     """The descriptor of `manifests` (an index's) that runs on `platform`."""
-    want_os, want_arch, want_variant = parse_platform(platform)
-    default = _DEFAULT_VARIANT.get(want_arch)
-    matches = []
-    for d in manifests:
-        p = d.get("platform") or {}
-        os_, arch, variant = (str(p.get("os", "")).lower(), str(p.get("architecture", "")).lower(),
-                              p.get("variant"))
-        if arch in _ARCH_ALIASES:
-            arch, v = _ARCH_ALIASES[arch]
-            variant = variant or v
-        if os_ != want_os or arch != want_arch:
-            continue
-        have = (variant or default or "").lower()
-        if want_variant is not None and have != (want_variant or "").lower():
-            continue
-        matches.append((0 if have == (want_variant or default or "") else 1, d))
-    if matches:
-        matches.sort(key=lambda m: m[0])
-        return matches[0][1]
-    available = [_platform_str(d.get("platform") or {}) for d in manifests
-                 if (d.get("platform") or {}).get("os") not in (None, "unknown")]
+    found = _platform.matches(manifests, platform)
+    if found:
+        return found[0]
+    offered = _platform.available(manifests)
     raise RegistryError(f"no image for platform {platform} in {what}: available: "
-                        + (", ".join(available) if available else "none"))
+                        + (", ".join(offered) if offered else "none"))
 
 
 def _json_object(data: bytes, what: str, kind: str) -> dict:
@@ -166,34 +128,9 @@ def _json_object(data: bytes, what: str, kind: str) -> dict:
     return doc
 
 
-def host_platform() -> str:
-    """This machine's platform as "linux/amd64", "linux/arm64", "linux/arm/v7"."""
-    machine = os.uname().machine.lower()
-    if machine.startswith("armv") and machine[4:5].isdigit():
-        return f"linux/arm/v{machine[4]}"
-    arch, variant = _ARCH_ALIASES.get(machine, (machine, None))
-    return f"linux/{arch}" + (f"/{variant}" if variant else "")
-
-
 def platform_mismatch(config: bytes, platform: str, what: str) -> str | None:
-    """The platform an image config names when it is not `platform` ("linux/arm64"), else
-    None. A config naming no os/architecture matches anything; a variant is compared only
-    when both sides have one (arm64's v8 and arm's v7 assumed when unnamed)."""
-    doc = _json_object(config, what, "image config")
-    want_os, want_arch, want_variant = parse_platform(platform)
-    os_ = str(doc.get("os") or "").lower()
-    arch = str(doc.get("architecture") or "").lower()
-    variant = str(doc.get("variant") or "").lower() or None
-    if arch in _ARCH_ALIASES:
-        arch, v = _ARCH_ALIASES[arch]
-        variant = variant or v
-    have = _platform_str({"os": os_ or "?", "architecture": arch or "?", "variant": variant})
-    if (os_ and os_ != want_os) or (arch and arch != want_arch):
-        return have
-    have_variant = variant or _DEFAULT_VARIANT.get(arch)
-    if want_variant and have_variant and have_variant != want_variant:
-        return have
-    return None
+    """keel.image.platform.mismatch of a config's bytes (RegistryError when not json)."""
+    return _platform.mismatch(_json_object(config, what, "image config"), platform)
 
 
 def _check_descriptor(d, where: str) -> dict:
@@ -842,8 +779,8 @@ class RegistryClient:
         pulled with a warning (podman's and docker's behaviour without --platform)."""
         progress = progress or Progress()
         strict = platform is not None
-        platform = platform or host_platform()
-        parse_platform(platform)                   # a bad --platform fails before any request
+        platform = platform or _platform.host()
+        _platform.parse(platform)                   # a bad --platform fails before any request
         repo = ref.repository
         reference = ref.digest or ref.tag or "latest"
         what = self._name(repo, reference)
@@ -1117,7 +1054,7 @@ def pull_image(store, name: str, *, platform: str | None = None, progress: Progr
     from keel.image import registries as _registries
 
     if platform is not None:
-        parse_platform(platform)
+        _platform.parse(platform)
     conf = conf if conf is not None else _registries.load()
     candidates = conf.resolve(name)
     errors = []
