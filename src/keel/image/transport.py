@@ -8,7 +8,7 @@ What a registry client needs, and this gives: idle connections kept per (scheme,
 reused by the next request of any thread (keep-alive; a connection the server closed while idle
 is replaced once, transparently, for a request whose body can be sent again); redirects followed
 (blob GETs are redirected to storage backends; Authorization is dropped when the host changes);
-proxies from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and NO_PROXY as curl reads them; separate connect
+proxies from HTTPS_PROXY/HTTP_PROXY and NO_PROXY as Go (and so podman) reads them; separate connect
 and read timeouts; every failure below HTTP as one TransportError (ConnectError, Timeout).
 """
 
@@ -52,9 +52,12 @@ def basic_auth(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def _env(name: str) -> str:
+    return os.environ.get(name.lower()) or os.environ.get(name.upper()) or ""
+
+
 def _no_proxy(host: str, port: int) -> bool:
-    value = os.environ.get("no_proxy", os.environ.get("NO_PROXY", ""))
-    for entry in (e.strip().lower() for e in value.split(",")):
+    for entry in (e.strip().lower() for e in _env("no_proxy").split(",")):
         if not entry:
             continue
         if entry == "*":
@@ -62,20 +65,24 @@ def _no_proxy(host: str, port: int) -> bool:
         name, _, eport = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
         if eport and eport != str(port):
             continue
-        name = name.lstrip(".")
-        if host == name or host.endswith("." + name):
+        if name.startswith("."):                # subdomains only
+            if host.endswith(name):
+                return True
+        elif host == name or host.endswith("." + name):
             return True
     return False
 
 
 def proxy_for(scheme: str, host: str, port: int) -> urllib.parse.SplitResult | None:
-    """The proxy the environment names for this origin, or None (curl's rules; loopback is
-    never proxied)."""
+    """The proxy the environment names for this origin, or None. Go's rules, which podman
+    and skopeo follow: HTTPS_PROXY for https, HTTP_PROXY for http (not under CGI, where a
+    request header could set it), either spelling; NO_PROXY names hosts, "host:port" or
+    ".domain" (subdomains only), or "*"; loopback hosts are never proxied."""
     if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
         return None
-    env = os.environ
-    value = (env.get(f"{scheme}_proxy") or (env.get(f"{scheme.upper()}_PROXY") if scheme != "http" else None)
-             or env.get("all_proxy") or env.get("ALL_PROXY"))
+    if scheme == "http" and os.environ.get("REQUEST_METHOD"):
+        return None
+    value = _env(f"{scheme}_proxy")
     if not value or _no_proxy(host.lower(), port):
         return None
     if "://" not in value:
