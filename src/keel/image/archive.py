@@ -39,9 +39,8 @@ from keel.image import digest as _digest
 from keel.image import platform as _platform
 from keel.image import reference as _reference
 from keel.image.errors import BlobNotFound, DigestMismatch, ImageError
-from keel.image.store import (INDEX_TYPES, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST,
-                              IMAGE_MANIFEST_TYPES, Image, Store, _fsync_dir,
-                              check_diff_ids)
+from keel.image.mediatypes import DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
+from keel.image.store import Image, Store, _fsync_dir, check_diff_ids
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -447,7 +446,7 @@ def _import_oci(store, src, name, platform):
             read_blob(choices[0], "manifest")
             manifest = _parse_json(staging.memory[d], f"manifest {d}", archive)
             media_type = manifest.get("mediaType") or choices[0].get("mediaType")
-        if (media_type or MT_OCI_MANIFEST) not in IMAGE_MANIFEST_TYPES:
+        if (media_type or OCI_MANIFEST) not in MANIFEST_TYPES:
             raise ImageError(f"{archive}: manifest {d}: unsupported mediaType {media_type!r}")
         if d not in by_manifest:
             cdesc = manifest.get("config")
@@ -616,7 +615,7 @@ def _write_oci_dir(store, entries, dest):
                 if not ann.get(REF_NAME) and e.get("digest") in digests_unnamed:
                     continue
                 old.append(e)
-        index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": old + new}
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": old + new}
         layout_path = os.path.join(dest, "oci-layout")
         if not os.path.exists(layout_path):
             _atomic_write(layout_path, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
@@ -722,7 +721,7 @@ def _write_oci_tar(store, entries, dest):
                 if d not in done:
                     done.add(d)
                     _add_blob(w, store, _blob_rel(d), d, size)
-        index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": _index_entries(entries)}
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": _index_entries(entries)}
         w.add_bytes("index.json", json.dumps(index, separators=(",", ":")).encode())
     return _write_tar(dest, fill)
 
@@ -794,7 +793,7 @@ def _stage_docker_layer(staging, src, rel, diff_id, what) -> dict:
 
 
 def _docker_manifest(config_digest: str, config_size: int, layers: list[dict]) -> bytes:
-    m = {"schemaVersion": 2, "mediaType": MT_DOCKER_MANIFEST,
+    m = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
          "config": {"mediaType": MT_DOCKER_CONFIG, "size": config_size, "digest": config_digest},
          "layers": layers}
     return json.dumps(m, separators=(",", ":")).encode()

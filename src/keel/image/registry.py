@@ -45,16 +45,10 @@ from keel.image import digest as _digest
 from keel.image import platform as _platform
 from keel.image import transport as _http
 from keel.image.errors import DigestMismatch, ImageError, RegistryError
+from keel.image.mediatypes import (DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, INDEX_TYPES,
+                                   MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST)
 from keel.image.progress import Progress
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
-                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
-MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
-INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 16 << 20
