@@ -244,10 +244,10 @@ def _parallel(fn, items, workers: int, name: str, stop: threading.Event | None =
         for t in threads:
             t.join()
     except BaseException:
+        # ^C: do not wait for downloads blocked in a read; each stops at its next chunk and
+        # keeps its partial for a rerun (the threads are daemons: a process exit ends them)
         if stop is not None:
-            stop.set()                     # the downloads keep their partials for a rerun
-        for t in threads:
-            t.join()
+            stop.set()
         raise
     if errors:
         raise errors[0]
