@@ -258,8 +258,9 @@ def _parallel(fn, items, workers: int, name: str, stop: threading.Event | None =
 class RegistryClient:
     """One registry ("localhost:5000", "quay.io", "docker.io"), any of its repositories.
 
-    credentials: (user, password), or (IDENTITY_TOKEN_USER, refresh token); None looks them up in `authfile` (auth.get_credentials,
-    podman's default file when None); False means anonymous without lookup.
+    credentials: (user, password), or (IDENTITY_TOKEN_USER, refresh token); None looks them
+    up in `authfile` (auth.get_credentials, podman's default file when None); False means
+    anonymous without lookup.
     on_request: called as on_request(method, url, headers) before each request (tests record
     traffic with it).
     retries: attempts after the first for 5xx/429/connection errors; backoff: first delay
@@ -449,7 +450,9 @@ class RegistryClient:
                     continue
                 raise RegistryError(f"{what}: token server {realm}: {_one_line(e) or type(e).__name__}") from None
             if resp.status_code in RETRY_STATUSES and attempt < self.retries:
-                self._sleep(attempt, _retry_after(resp))
+                ra = _retry_after(resp)
+                resp.close()
+                self._sleep(attempt, ra)
                 attempt += 1
                 continue
             break
