@@ -346,3 +346,9 @@ def test_no_proxy_bypasses_the_proxy(registry, busybox_in_registry, proxy, store
                         retries=0, timeout=5) as c, pytest.raises(Exception, match="cannot connect"):
         c.pull(store, reference.parse(f"registry.invalid:{registry.port}/keel/proxied:1.0"))
     assert proxy.seen == []
+
+
+def test_redirect_without_location_is_returned_as_is(server):
+    s = server(lambda h: _reply(h, 302, b"moved, but where?"))
+    with transport.Session() as sess, sess.request("GET", s.url + "/x") as r:
+        assert r.status_code == 302 and r.read() == b"moved, but where?"

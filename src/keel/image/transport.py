@@ -1,7 +1,7 @@
 """HTTP/1.1 for the registry client, on the standard library's http.client.
 
 Why not httpx: `keel pull` is a short-lived process, and importing httpx and building its first
-client cost 90-130 ms of every pull here, against ~25 ms for http.client and ssl (bench/README.md);
+client cost 90-130 ms of every pull here, against 8-12 ms for http.client and ssl (bench/README.md);
 a registry needs none of what httpx adds (HTTP/2, async, cookies).
 
 What a registry client needs, and this gives: idle connections kept per (scheme, host, port) and
@@ -298,9 +298,9 @@ class Session:
             if not follow_redirects or resp.status_code not in REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
-            resp.close()
             if not location:
-                return resp
+                return resp                 # nothing to follow: the caller sees the 3xx
+            resp.close()
             new = urllib.parse.urljoin(url, location)
             old_p, new_p = urllib.parse.urlsplit(url), urllib.parse.urlsplit(new)
             if new_p.scheme not in ("http", "https"):
