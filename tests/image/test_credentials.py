@@ -23,7 +23,7 @@ from registry_fixtures import (RecordingTransport, make_image, registry_basic, r
 HELPER = r'''#!{python}
 """docker-credential-keeltest: a credential helper for keel's tests. Secrets live in
 $KEEL_HELPER_DIR/store.json; every call is logged to $KEEL_HELPER_DIR/calls.json;
-$KEEL_HELPER_MODE changes the behaviour: ok, garbage, fail, notjson-object, numbers."""
+$KEEL_HELPER_MODE changes the behaviour: ok, garbage, fail, notjson-object, numbers, hang."""
 import json, os, sys
 d = os.environ["KEEL_HELPER_DIR"]
 mode = os.environ.get("KEEL_HELPER_MODE", "ok")
@@ -41,6 +41,8 @@ if mode == "fail":
     print("keychain is locked"); sys.exit(3)
 if mode == "notjson-object":
     print("[1, 2]"); sys.exit(0)
+if mode == "hang":
+    import time; time.sleep(30)
 if mode == "numbers":
     print(json.dumps({{"ServerURL": data, "Username": 1, "Secret": 2}})); sys.exit(0)
 if action == "get":
@@ -296,3 +298,37 @@ def test_tokens_are_cached_per_scope_until_they_expire(registry_token, token_ima
         assert len(ts.requests) == n + 3
     sent = [r for r in t.requests[before:] if "/manifests/" in r[1]]
     assert len(sent) == 1 and sent[0][3]["authorization"].startswith("Bearer ")
+
+
+def test_a_failing_helper_store_leaves_the_file_alone(registry_basic, helper, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEEL_HELPER_MODE", "fail")
+    stale = base64.b64encode(b"old:old").decode()
+    doc = {"auths": {registry_basic.host: {"auth": stale}}, "credsStore": "keeltest"}
+    authfile = write_authfile(tmp_path / "config.json", doc)
+    with pytest.raises(CredentialHelperError, match="docker-credential-keeltest store: exit status 3: "
+                                                    "keychain is locked"):
+        auth.set_credentials(registry_basic.host, "keel", "s3cret", authfile)
+    assert json.load(open(authfile)) == doc
+
+
+def test_cli_pull_with_a_broken_helper_is_one_line(helper, tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("KEEL_HELPER_MODE", "garbage")
+    authfile = write_authfile(tmp_path / "config.json", {"credHelpers": {"127.0.0.1:1": "keeltest"}})
+    r = subprocess.run([sys.executable, "-m", "keel.cli.main", "--root", str(tmp_path / "root"),
+                        "--runroot", str(tmp_path / "run"), "pull", "--authfile", authfile,
+                        "--tls-verify=false", "127.0.0.1:1/a/b:1"],
+                       capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert r.returncode == 125
+    assert r.stderr.strip() == ("Error: credential helper docker-credential-keeltest get 127.0.0.1:1: "
+                                "invalid answer (not json): '<html>login page</html>'")
+
+
+def test_a_helper_that_never_answers_is_given_up_on(helper, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEEL_HELPER_MODE", "hang")
+    monkeypatch.setattr(auth, "HELPER_TIMEOUT", 1.0)
+    authfile = write_authfile(tmp_path / "config.json", {"credHelpers": {"x.example": "keeltest"}})
+    with pytest.raises(CredentialHelperError) as e:
+        auth.get_credentials("x.example", authfile)
+    assert str(e.value) == "credential helper docker-credential-keeltest get: no answer within 1 s"

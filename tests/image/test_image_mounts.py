@@ -114,3 +114,34 @@ def test_mount_count_survives_a_new_snapshotter(store, snap, tmp_path):
     assert other.unmount_image(img) == 1
     assert snap.unmount_image(img) == 0
     assert not mounts_under(tmp_path)
+
+
+def test_concurrent_mounts_and_unmounts_keep_an_exact_count(store, snap, tmp_path):
+    """Mounts and unmounts from several threads, each through its own Snapshotter (as separate
+    keel processes would be): the per-image lock keeps the count exact."""
+    import threading
+
+    img = add_image(store, [make_tar(BASE)], "localhost/concurrent:1")
+    errors = []
+
+    def mount_then_unmount(i):
+        try:
+            s = Snapshotter(snap.root)
+            s.mount_image(img, store)
+            if i % 2:
+                s.unmount_image(img)
+        except Exception as e:             # reported below, not lost in the thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=mount_then_unmount, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert snap.image_mount_count(img) == 4
+    path = snap.image_mount_path(img)
+    assert [mp for mp in mounts_under(tmp_path)] == [path]          # one overlay, counted four times
+    for left in (3, 2, 1, 0):
+        assert snap.unmount_image(img) == left
+    assert not mounts_under(tmp_path)

@@ -12,7 +12,8 @@ import pytest
 
 from keel.image.errors import RegistryError
 from keel.image.progress import make_progress
-from keel.image.registry import host_platform, platform_mismatch
+from keel.image.platform import host as host_platform
+from keel.image.registry import platform_mismatch
 from keel.image.store import Store
 
 from registry_fixtures import client, lying_registry, make_image, make_index, ref, sha256  # noqa: F401
@@ -153,3 +154,25 @@ def test_cli_pull_platform_mismatch(lying_registry, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 125
     assert r.stderr.strip() == "Error: invalid platform 'linux': expected os/arch[/variant]"
+
+
+def test_cli_os_arch_variant_flags(lying_registry, tmp_path):
+    image = make_image([{"arm.bin": b"arm v6 cli\n"}], architecture="arm", variant="v6")
+    lying_registry.add_image("a/flags", "1", image)
+    name = f"{lying_registry.host}/a/flags:1"
+
+    def pull(*flags):
+        return subprocess.run([sys.executable, "-m", "keel.cli.main", "--root", str(tmp_path / "root"),
+                               "--runroot", str(tmp_path / "run"), "pull", "-q", "--tls-verify=false",
+                               *flags, name], capture_output=True, text=True, timeout=60)
+    r = pull("--arch", "arm", "--variant", "v7")
+    assert r.returncode == 125 and r.stderr.strip() == (
+        f"Error: {name}: image platform linux/arm/v6 does not match the requested platform linux/arm/v7")
+    r = pull("--arch", "amd64")
+    assert r.returncode == 125 and "requested platform linux/amd64" in r.stderr
+    r = pull("--platform", "linux/arm", "--arch", "arm")
+    assert r.returncode == 125
+    assert r.stderr.strip() == "Error: --platform cannot be used with --os, --arch or --variant"
+    r = pull("--os", "linux", "--arch", "arm")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == image["config_digest"][7:]

@@ -96,3 +96,38 @@ def test_enospc_while_pulling_keeps_the_store_intact(lying_registry, tiny_tmpfs,
         assert [i.id for i in store.images()] == [kept.id] and partials(store) == []
     finally:
         store.close()
+
+
+def test_interrupted_pull_leaves_nothing_half_done_and_a_rerun_finishes(lying_registry, big, tmp_path):
+    """^C while layers stream in (the registry holding each blob back for 3 s): exit 130, no
+    image, no blob that was not verified; the rerun completes."""
+    import signal
+    import time
+
+    image, d, name = big
+    lying_registry.blob_delay = 3.0
+    root = tmp_path / "root"
+    argv = [sys.executable, "-m", "keel.cli.main", "--root", str(root), "--runroot", str(tmp_path / "run"),
+            "pull", "-q", "--tls-verify=false", name]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not lying_registry.blob_gets(d) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lying_registry.blob_gets(d), "the pull never asked for the layer"
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "Error: interrupted"
+    with Store(str(root)) as store:
+        assert store.images() == [] and not store.has_blob(d)
+    lying_registry.blob_delay = 0
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    with Store(str(root)) as store:
+        img = store.get(name)
+        store.verify_image(img)
+        assert partials(store) == []

@@ -10,8 +10,9 @@ import pytest
 
 from keel.image.errors import DigestMismatch, RegistryError
 from keel.image.progress import PlainProgress, QuietProgress, RichProgress, make_progress
+from keel.image.platform import parse as parse_platform
 from keel.image.registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
-                                 parse_platform, parse_www_authenticate, select_platform)
+                                 parse_www_authenticate, select_platform)
 from keel.image.store import Store
 
 from registry_fixtures import (RecordingTransport, client, lying_registry, make_image, make_index,  # noqa: F401

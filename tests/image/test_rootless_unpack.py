@@ -2,7 +2,7 @@
 containers/storage's rules: nothing chowned, owners and special mode bits recorded in
 user.containers.override_stat, devices skipped, whiteouts and fifos made, opaque directories
 marked with user.overlay.opaque, read-only directories still filled. Also a whole store and
-snapshotter used by that user."""
+snapshotter used by that user, and `keel pull` run by it."""
 
 import hashlib
 import io
@@ -17,6 +17,7 @@ import pytest
 
 from keel.image.unpack import OVERRIDE_STAT_XATTR, apply_layer
 
+from registry_fixtures import lying_registry, make_image  # noqa: F401
 from test_snapshot import entry, make_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
@@ -197,3 +198,29 @@ def test_a_store_and_snapshotter_used_by_nobody(work, make_oci_layout):
     assert override(os.path.join(bottom, "usr/bin/sudo")) == "0:0:04755"
     assert os.getxattr(os.path.join(top, "opq"), "user.overlay.opaque") == b"y"
     assert os.lstat(os.path.join(top, "opq/new")).st_uid == NOBODY
+
+
+def test_keel_pull_by_a_user_without_privileges(work, lying_registry):
+    image = make_image([{"etc/hello": b"rootless pull\n"}])
+    lying_registry.add_image("a/rootless", "1", image)
+    root = work / "store"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "REGISTRY_AUTH"))}
+    env["HOME"] = str(work)
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        sys.executable, "-m", "keel.cli.main", "--root", str(root), "--runroot",
+                        str(work / "run"), "pull", "-q", "--tls-verify=false",
+                        f"{lying_registry.host}/a/rootless:1"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == image["config_digest"][7:]
+    st = os.stat(root / "keel.db")
+    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+    # mounting is not there yet for such a store: said in one line, nothing left mounted
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        sys.executable, "-m", "keel.cli.main", "--root", str(root), "--runroot",
+                        str(work / "run"), "image", "mount", f"{lying_registry.host}/a/rootless:1"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 125
+    assert r.stderr.strip().endswith(": needs root (a rootless store can be pulled into and "
+                                     "unpacked; mounting it is not supported yet)")
+    assert os.listdir(root / "snapshots" / "mounts") == []

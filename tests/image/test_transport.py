@@ -162,9 +162,11 @@ def test_body_shorter_than_content_length_is_a_transport_error(server):
         h.wfile.write(b"z" * 1000)
         h.close_connection = True
     s = server(handle)
-    with transport.Session() as sess, sess.request("GET", s.url + "/short") as r:
-        with pytest.raises(transport.TransportError, match="connection closed after 1000 bytes, 99000 short"):
-            list(r.iter_bytes())
+    with transport.Session() as sess:
+        with sess.request("GET", s.url + "/short") as r:
+            with pytest.raises(transport.TransportError, match="connection closed after 1000 bytes, 99000 short"):
+                list(r.iter_bytes())
+        assert sess._idle.get(("http", "127.0.0.1", s.port), []) == []   # not pooled
 
 
 def test_read_timeout_and_connect_refused(server):
@@ -204,25 +206,33 @@ def test_with_params_and_urls():
 
 def test_proxy_rules(monkeypatch):
     for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-              "no_proxy", "NO_PROXY"):
+              "no_proxy", "NO_PROXY", "REQUEST_METHOD"):
         monkeypatch.delenv(k, raising=False)
     assert transport.proxy_for("https", "quay.io", 443) is None
     monkeypatch.setenv("HTTPS_PROXY", "proxy.example:3128")
     assert transport.proxy_for("https", "quay.io", 443).netloc == "proxy.example:3128"
-    assert transport.proxy_for("http", "quay.io", 80) is None      # HTTP_PROXY only, as curl
+    assert transport.proxy_for("http", "quay.io", 80) is None       # HTTPS_PROXY is for https
+    monkeypatch.setenv("HTTP_PROXY", "http://plain.example:8080")
+    assert transport.proxy_for("http", "quay.io", 80).netloc == "plain.example:8080"
+    monkeypatch.setenv("REQUEST_METHOD", "GET")                      # under CGI: not trusted
+    assert transport.proxy_for("http", "quay.io", 80) is None
+    monkeypatch.delenv("REQUEST_METHOD")
+    monkeypatch.setenv("https_proxy", "lower.example:1")             # lower case first
+    assert transport.proxy_for("https", "quay.io", 443).netloc == "lower.example:1"
     assert transport.proxy_for("https", "127.0.0.1", 5000) is None   # loopback: never (as Go)
     assert transport.proxy_for("https", "localhost", 5000) is None
     monkeypatch.setenv("NO_PROXY", "example.com, .corp,registry.local:5000")
     assert transport.proxy_for("https", "a.example.com", 443) is None
     assert transport.proxy_for("https", "example.com", 443) is None
     assert transport.proxy_for("https", "x.corp", 443) is None
+    assert transport.proxy_for("https", "corp", 443) is not None      # ".corp": subdomains only
     assert transport.proxy_for("https", "registry.local", 5000) is None
     assert transport.proxy_for("https", "registry.local", 5001) is not None
     assert transport.proxy_for("https", "notexample.com", 443) is not None
     monkeypatch.setenv("NO_PROXY", "*")
     assert transport.proxy_for("https", "quay.io", 443) is None
     monkeypatch.setenv("NO_PROXY", "")
-    monkeypatch.setenv("HTTPS_PROXY", "socks5://p:1080")
+    monkeypatch.setenv("https_proxy", "socks5://p:1080")
     with pytest.raises(transport.TransportError, match="not an http"):
         transport.proxy_for("https", "quay.io", 443)
 
@@ -304,7 +314,7 @@ class _Proxy(socketserver.ThreadingTCPServer):
 @pytest.fixture
 def proxy(monkeypatch):
     p = _Proxy()
-    for k in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+    for k in ("no_proxy", "NO_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "REQUEST_METHOD"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("http_proxy", f"http://keel:pw@127.0.0.1:{p.port}")
     monkeypatch.setenv("https_proxy", f"http://keel:pw@127.0.0.1:{p.port}")
@@ -336,3 +346,9 @@ def test_no_proxy_bypasses_the_proxy(registry, busybox_in_registry, proxy, store
                         retries=0, timeout=5) as c, pytest.raises(Exception, match="cannot connect"):
         c.pull(store, reference.parse(f"registry.invalid:{registry.port}/keel/proxied:1.0"))
     assert proxy.seen == []
+
+
+def test_redirect_without_location_is_returned_as_is(server):
+    s = server(lambda h: _reply(h, 302, b"moved, but where?"))
+    with transport.Session() as sess, sess.request("GET", s.url + "/x") as r:
+        assert r.status_code == 302 and r.read() == b"moved, but where?"

@@ -42,6 +42,9 @@ def register(sub, group=False):
     p.add_argument("--platform", default=None,
                    help="os/arch[/variant]; the image must be for it (default: this host's, "
                         "with a warning for an image of another platform)")
+    p.add_argument("--os", help="the OS part of the platform (the rest: this host's)")
+    p.add_argument("--arch", help="the architecture part of the platform")
+    p.add_argument("--variant", help="the variant part of the platform")
     _tls(p)
 
     p = add("push", cmd_push, "push an image to a registry")
@@ -206,15 +209,31 @@ def cmd_pull(args):
     from keel.image.progress import make_progress
     from keel.image.registry import pull_image
 
+    platform = _platform_arg(args)
     store = _store(args)
     progress = make_progress(quiet=args.quiet, stream=sys.stderr)
     try:
-        img = pull_image(store, args.name, platform=args.platform, progress=progress,
+        img = pull_image(store, args.name, platform=platform, progress=progress,
                          tls_verify=args.tls_verify, authfile=args.authfile,
                          credentials=_credentials(args), conf=_conf(args), certs_dirs=_certs(args))
     finally:
         progress.close()
     print(img.id.partition(":")[2])
+
+
+def _platform_arg(args) -> str | None:
+    """--platform, or one made of --os/--arch/--variant over this host's (podman's flags)."""
+    parts = {"os": args.os, "arch": args.arch, "variant": args.variant}
+    if not any(parts.values()):
+        return args.platform
+    if args.platform:
+        raise ImageError("--platform cannot be used with --os, --arch or --variant")
+    from keel.image import platform
+
+    host_os, host_arch, host_variant = platform.parse(platform.host())
+    os_, arch = parts["os"] or host_os, parts["arch"] or host_arch
+    variant = parts["variant"] or (host_variant if not parts["arch"] else None)
+    return f"{os_}/{arch}" + (f"/{variant}" if variant else "")
 
 
 def cmd_push(args):

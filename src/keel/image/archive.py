@@ -36,11 +36,11 @@ import tarfile
 import zlib
 
 from keel.image import digest as _digest
+from keel.image import platform as _platform
 from keel.image import reference as _reference
 from keel.image.errors import BlobNotFound, DigestMismatch, ImageError
-from keel.image.store import (INDEX_TYPES, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST,
-                              IMAGE_MANIFEST_TYPES, Image, Store, _fsync_dir,
-                              check_diff_ids)
+from keel.image.mediatypes import DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
+from keel.image.store import Image, Store, _fsync_dir, check_diff_ids
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -361,18 +361,6 @@ def _parse_json(data: bytes, what: str, archive: str):
     return v
 
 
-def _platform_of(p: dict) -> str:
-    s = f"{p.get('os', '')}/{p.get('architecture', '')}"
-    return s + (f"/{p['variant']}" if p.get("variant") else "")
-
-
-def _platform_matches(p: dict, want: str) -> bool:
-    parts = want.split("/")
-    if p.get("os") != parts[0] or p.get("architecture") != (parts[1] if len(parts) > 1 else None):
-        return False
-    return len(parts) < 3 or p.get("variant") in (parts[2], None)
-
-
 def _finish(store: Store, staging: _Staging, images: list) -> list[Image]:
     """Commit the staged blobs and add the image records; on failure leave nothing visible."""
     try:
@@ -395,9 +383,12 @@ def _explicit_tag(name: str) -> bool:
 
 
 def import_oci_layout(store: Store, path_or_tar: str, name: str | None = None,
-                      platform: str = "linux/amd64") -> list[Image]:
+                      platform: str | None = None) -> list[Image]:
     """Import every image of an OCI image layout (a directory, or a tar of one, possibly
-    gzip-compressed). Nested image indexes are resolved to `platform`. Returns the images."""
+    gzip-compressed). Nested image indexes are resolved to `platform` (default: this
+    host's). Returns the images."""
+    platform = platform or _platform.host()
+    _platform.parse(platform)
     with store.lease():
         scratch = store.scratch_dir()
         try:
@@ -444,12 +435,10 @@ def _import_oci(store, src, name, platform):
         manifest = _parse_json(staging.memory[d], f"manifest {d}", archive)
         media_type = manifest.get("mediaType") or media_type
         if media_type in INDEX_TYPES or "manifests" in manifest:
-            choices = [m for m in manifest.get("manifests") or []
-                       if isinstance(m, dict) and isinstance(m.get("platform"), dict)
-                       and _platform_matches(m["platform"], platform)]
+            offered = manifest.get("manifests") if isinstance(manifest.get("manifests"), list) else []
+            choices = _platform.matches(offered, platform)
             if not choices:
-                have = sorted({_platform_of(m.get("platform") or {}) for m in manifest.get("manifests") or []
-                               if isinstance(m, dict)})
+                have = sorted(set(_platform.available(offered)))
                 raise ImageError(f"{archive}: index {d}: no image for platform {platform} "
                                  f"(has {', '.join(have) or 'none'})")
             del staging.memory[d]      # only the chosen platform's manifest is stored
@@ -457,7 +446,7 @@ def _import_oci(store, src, name, platform):
             read_blob(choices[0], "manifest")
             manifest = _parse_json(staging.memory[d], f"manifest {d}", archive)
             media_type = manifest.get("mediaType") or choices[0].get("mediaType")
-        if (media_type or MT_OCI_MANIFEST) not in IMAGE_MANIFEST_TYPES:
+        if (media_type or OCI_MANIFEST) not in MANIFEST_TYPES:
             raise ImageError(f"{archive}: manifest {d}: unsupported mediaType {media_type!r}")
         if d not in by_manifest:
             cdesc = manifest.get("config")
@@ -626,7 +615,7 @@ def _write_oci_dir(store, entries, dest):
                 if not ann.get(REF_NAME) and e.get("digest") in digests_unnamed:
                     continue
                 old.append(e)
-        index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": old + new}
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": old + new}
         layout_path = os.path.join(dest, "oci-layout")
         if not os.path.exists(layout_path):
             _atomic_write(layout_path, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
@@ -732,7 +721,7 @@ def _write_oci_tar(store, entries, dest):
                 if d not in done:
                     done.add(d)
                     _add_blob(w, store, _blob_rel(d), d, size)
-        index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": _index_entries(entries)}
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": _index_entries(entries)}
         w.add_bytes("index.json", json.dumps(index, separators=(",", ":")).encode())
     return _write_tar(dest, fill)
 
@@ -804,7 +793,7 @@ def _stage_docker_layer(staging, src, rel, diff_id, what) -> dict:
 
 
 def _docker_manifest(config_digest: str, config_size: int, layers: list[dict]) -> bytes:
-    m = {"schemaVersion": 2, "mediaType": MT_DOCKER_MANIFEST,
+    m = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
          "config": {"mediaType": MT_DOCKER_CONFIG, "size": config_size, "digest": config_digest},
          "layers": layers}
     return json.dumps(m, separators=(",", ":")).encode()

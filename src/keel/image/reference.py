@@ -61,13 +61,16 @@ class Reference:
         """registry/repository, no tag or digest: "docker.io/library/busybox"."""
         return f"{self.registry}/{self.repository}"
 
-    def __str__(self) -> str:
-        s = self.name
+    def _suffixed(self, s: str) -> str:
+        """s with ":tag" and "@digest" when the reference has them."""
         if self.tag:
             s += ":" + self.tag
         if self.digest:
             s += "@" + self.digest
         return s
+
+    def __str__(self) -> str:
+        return self._suffixed(self.name)
 
     def __repr__(self) -> str:
         return f"Reference({str(self)!r})"
@@ -84,14 +87,8 @@ class Reference:
             repo = self.repository
             if repo.startswith("library/") and repo.count("/") == 1:
                 repo = repo[len("library/"):]
-            s = repo
-        else:
-            s = self.name
-        if self.tag:
-            s += ":" + self.tag
-        if self.digest:
-            s += "@" + self.digest
-        return s
+            return self._suffixed(repo)
+        return self._suffixed(self.name)
 
     def with_tag(self, tag: str) -> "Reference":
         if not _TAG_RE.fullmatch(tag or ""):

@@ -42,18 +42,13 @@ import time
 import urllib.parse
 
 from keel.image import digest as _digest
+from keel.image import platform as _platform
 from keel.image import transport as _http
 from keel.image.errors import DigestMismatch, ImageError, RegistryError
+from keel.image.mediatypes import (DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, INDEX_TYPES,
+                                   MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST)
 from keel.image.progress import Progress
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
-                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
-MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
-INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 16 << 20
@@ -68,10 +63,6 @@ IDENTITY_TOKEN_USER = "<token>"    # = keel.image.auth.IDENTITY_TOKEN_USER (dock
 OAUTH_CLIENT_ID = "keel"
 DEFAULT_TOKEN_LIFETIME = 60        # seconds, when the token server does not say (distribution spec)
 
-_ARCH_ALIASES = {"x86_64": ("amd64", None), "x86-64": ("amd64", None), "aarch64": ("arm64", None),
-                 "armhf": ("arm", "v7"), "armel": ("arm", "v6"), "i386": ("386", None),
-                 "i686": ("386", None)}
-_DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
 _AUTH_PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
 
 
@@ -111,49 +102,14 @@ def parse_www_authenticate(header: str) -> list[tuple[str, dict]]:
     return out
 
 
-def parse_platform(s: str) -> tuple[str, str, str | None]:
-    """("linux", "arm64", "v8") from "linux/arm64/v8"; architecture aliases normalised."""
-    parts = (s or "").strip().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ImageError(f"invalid platform {s!r}: expected os/arch[/variant]")
-    os_, arch = parts[0].lower(), parts[1].lower()
-    variant = parts[2].lower() if len(parts) == 3 else None
-    if arch in _ARCH_ALIASES:
-        arch, v = _ARCH_ALIASES[arch]
-        variant = variant or v
-    return os_, arch, variant
-
-
-def _platform_str(p: dict) -> str:
-    s = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
-    return s + (f"/{p['variant']}" if p.get("variant") else "")
-
-
 def select_platform(manifests: list[dict], platform: str, what: str) -> dict:
     """The descriptor of `manifests` (an index's) that runs on `platform`."""
-    want_os, want_arch, want_variant = parse_platform(platform)
-    default = _DEFAULT_VARIANT.get(want_arch)
-    matches = []
-    for d in manifests:
-        p = d.get("platform") or {}
-        os_, arch, variant = (str(p.get("os", "")).lower(), str(p.get("architecture", "")).lower(),
-                              p.get("variant"))
-        if arch in _ARCH_ALIASES:
-            arch, v = _ARCH_ALIASES[arch]
-            variant = variant or v
-        if os_ != want_os or arch != want_arch:
-            continue
-        have = (variant or default or "").lower()
-        if want_variant is not None and have != (want_variant or "").lower():
-            continue
-        matches.append((0 if have == (want_variant or default or "") else 1, d))
-    if matches:
-        matches.sort(key=lambda m: m[0])
-        return matches[0][1]
-    available = [_platform_str(d.get("platform") or {}) for d in manifests
-                 if (d.get("platform") or {}).get("os") not in (None, "unknown")]
+    found = _platform.matches(manifests, platform)
+    if found:
+        return found[0]
+    offered = _platform.available(manifests)
     raise RegistryError(f"no image for platform {platform} in {what}: available: "
-                        + (", ".join(available) if available else "none"))
+                        + (", ".join(offered) if offered else "none"))
 
 
 def _json_object(data: bytes, what: str, kind: str) -> dict:
@@ -166,34 +122,9 @@ def _json_object(data: bytes, what: str, kind: str) -> dict:
     return doc
 
 
-def host_platform() -> str:
-    """This machine's platform as "linux/amd64", "linux/arm64", "linux/arm/v7"."""
-    machine = os.uname().machine.lower()
-    if machine.startswith("armv") and machine[4:5].isdigit():
-        return f"linux/arm/v{machine[4]}"
-    arch, variant = _ARCH_ALIASES.get(machine, (machine, None))
-    return f"linux/{arch}" + (f"/{variant}" if variant else "")
-
-
 def platform_mismatch(config: bytes, platform: str, what: str) -> str | None:
-    """The platform an image config names when it is not `platform` ("linux/arm64"), else
-    None. A config naming no os/architecture matches anything; a variant is compared only
-    when both sides have one (arm64's v8 and arm's v7 assumed when unnamed)."""
-    doc = _json_object(config, what, "image config")
-    want_os, want_arch, want_variant = parse_platform(platform)
-    os_ = str(doc.get("os") or "").lower()
-    arch = str(doc.get("architecture") or "").lower()
-    variant = str(doc.get("variant") or "").lower() or None
-    if arch in _ARCH_ALIASES:
-        arch, v = _ARCH_ALIASES[arch]
-        variant = variant or v
-    have = _platform_str({"os": os_ or "?", "architecture": arch or "?", "variant": variant})
-    if (os_ and os_ != want_os) or (arch and arch != want_arch):
-        return have
-    have_variant = variant or _DEFAULT_VARIANT.get(arch)
-    if want_variant and have_variant and have_variant != want_variant:
-        return have
-    return None
+    """keel.image.platform.mismatch of a config's bytes (RegistryError when not json)."""
+    return _platform.mismatch(_json_object(config, what, "image config"), platform)
 
 
 def _check_descriptor(d, where: str) -> dict:
@@ -313,10 +244,10 @@ def _parallel(fn, items, workers: int, name: str, stop: threading.Event | None =
         for t in threads:
             t.join()
     except BaseException:
+        # ^C: do not wait for downloads blocked in a read; each stops at its next chunk and
+        # keeps its partial for a rerun (the threads are daemons: a process exit ends them)
         if stop is not None:
-            stop.set()                     # the downloads keep their partials for a rerun
-        for t in threads:
-            t.join()
+            stop.set()
         raise
     if errors:
         raise errors[0]
@@ -327,8 +258,9 @@ def _parallel(fn, items, workers: int, name: str, stop: threading.Event | None =
 class RegistryClient:
     """One registry ("localhost:5000", "quay.io", "docker.io"), any of its repositories.
 
-    credentials: (user, password), or (IDENTITY_TOKEN_USER, refresh token); None looks them up in `authfile` (auth.get_credentials,
-    podman's default file when None); False means anonymous without lookup.
+    credentials: (user, password), or (IDENTITY_TOKEN_USER, refresh token); None looks them
+    up in `authfile` (auth.get_credentials, podman's default file when None); False means
+    anonymous without lookup.
     on_request: called as on_request(method, url, headers) before each request (tests record
     traffic with it).
     retries: attempts after the first for 5xx/429/connection errors; backoff: first delay
@@ -518,7 +450,9 @@ class RegistryClient:
                     continue
                 raise RegistryError(f"{what}: token server {realm}: {_one_line(e) or type(e).__name__}") from None
             if resp.status_code in RETRY_STATUSES and attempt < self.retries:
-                self._sleep(attempt, _retry_after(resp))
+                ra = _retry_after(resp)
+                resp.close()
+                self._sleep(attempt, ra)
                 attempt += 1
                 continue
             break
@@ -842,8 +776,8 @@ class RegistryClient:
         pulled with a warning (podman's and docker's behaviour without --platform)."""
         progress = progress or Progress()
         strict = platform is not None
-        platform = platform or host_platform()
-        parse_platform(platform)                   # a bad --platform fails before any request
+        platform = platform or _platform.host()
+        _platform.parse(platform)                   # a bad --platform fails before any request
         repo = ref.repository
         reference = ref.digest or ref.tag or "latest"
         what = self._name(repo, reference)
@@ -1117,7 +1051,7 @@ def pull_image(store, name: str, *, platform: str | None = None, progress: Progr
     from keel.image import registries as _registries
 
     if platform is not None:
-        parse_platform(platform)
+        _platform.parse(platform)
     conf = conf if conf is not None else _registries.load()
     candidates = conf.resolve(name)
     errors = []

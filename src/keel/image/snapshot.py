@@ -261,6 +261,9 @@ class Snapshotter:
         if len(top_first) > _MAX_LOWERS:
             raise ImageError(f"mount {target}: {len(top_first)} layers, overlayfs stacks at most "
                              f"{_MAX_LOWERS}")
+        if os.geteuid() != 0:
+            raise ImageError(f"mount overlay on {target}: needs root (a rootless store can be "
+                             "pulled into and unpacked; mounting it is not supported yet)")
         lowers = [self.layer_dir(c) for c in top_first]
         pad = [] if upper else [self._p("empty", f"e{i}") for i in range(max(0, 2 - len(lowers)))]
         if upper and not lowers:

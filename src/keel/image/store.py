@@ -45,19 +45,12 @@ import time
 
 from keel.image import digest as _digest
 from keel.image import reference as _reference
+from keel.image.mediatypes import DOCKER_SCHEMA1, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
 from keel.image.errors import BlobNotFound, DigestMismatch, ImageError, ImageNotFound, ReferenceError_
 
 SCHEMA_VERSION = 1
 DEFAULT_ROOT = "/var/lib/keel"
 
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
-                     "application/vnd.docker.distribution.manifest.v1+prettyjws")
-IMAGE_MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST)
-INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
 
 _SCHEMA = """
 CREATE TABLE images (
@@ -667,15 +660,15 @@ class Store:
             raise ImageError(f"{what}: not a json object")
         media_type = m.get("mediaType")
         if media_type in INDEX_TYPES or (media_type is None and "manifests" in m):
-            raise ImageError(f"{what}: is an image index ({media_type or MT_OCI_INDEX}), not an "
+            raise ImageError(f"{what}: is an image index ({media_type or OCI_INDEX}), not an "
                              "image manifest: select a platform first")
-        if media_type in MT_DOCKER_SCHEMA1 or m.get("schemaVersion") == 1:
+        if media_type in DOCKER_SCHEMA1 or m.get("schemaVersion") == 1:
             raise ImageError(f"{what}: docker schema 1 manifests are not supported")
         if m.get("schemaVersion") != 2:
             raise ImageError(f"{what}: schemaVersion: expected 2, got {m.get('schemaVersion')!r}")
         if media_type is None:
-            media_type = MT_OCI_MANIFEST
-        if media_type not in IMAGE_MANIFEST_TYPES:
+            media_type = OCI_MANIFEST
+        if media_type not in MANIFEST_TYPES:
             raise ImageError(f"{what}: unsupported mediaType {media_type!r}")
         cdesc = m.get("config")
         if not isinstance(cdesc, dict):

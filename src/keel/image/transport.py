@@ -1,14 +1,14 @@
 """HTTP/1.1 for the registry client, on the standard library's http.client.
 
 Why not httpx: `keel pull` is a short-lived process, and importing httpx and building its first
-client cost 90-130 ms of every pull here, against ~25 ms for http.client and ssl (bench/README.md);
+client cost 90-130 ms of every pull here, against 8-12 ms for http.client and ssl (bench/README.md);
 a registry needs none of what httpx adds (HTTP/2, async, cookies).
 
 What a registry client needs, and this gives: idle connections kept per (scheme, host, port) and
 reused by the next request of any thread (keep-alive; a connection the server closed while idle
 is replaced once, transparently, for a request whose body can be sent again); redirects followed
 (blob GETs are redirected to storage backends; Authorization is dropped when the host changes);
-proxies from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and NO_PROXY as curl reads them; separate connect
+proxies from HTTPS_PROXY/HTTP_PROXY and NO_PROXY as Go (and so podman) reads them; separate connect
 and read timeouts; every failure below HTTP as one TransportError (ConnectError, Timeout).
 """
 
@@ -52,9 +52,12 @@ def basic_auth(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def _env(name: str) -> str:
+    return os.environ.get(name.lower()) or os.environ.get(name.upper()) or ""
+
+
 def _no_proxy(host: str, port: int) -> bool:
-    value = os.environ.get("no_proxy", os.environ.get("NO_PROXY", ""))
-    for entry in (e.strip().lower() for e in value.split(",")):
+    for entry in (e.strip().lower() for e in _env("no_proxy").split(",")):
         if not entry:
             continue
         if entry == "*":
@@ -62,20 +65,24 @@ def _no_proxy(host: str, port: int) -> bool:
         name, _, eport = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
         if eport and eport != str(port):
             continue
-        name = name.lstrip(".")
-        if host == name or host.endswith("." + name):
+        if name.startswith("."):                # subdomains only
+            if host.endswith(name):
+                return True
+        elif host == name or host.endswith("." + name):
             return True
     return False
 
 
 def proxy_for(scheme: str, host: str, port: int) -> urllib.parse.SplitResult | None:
-    """The proxy the environment names for this origin, or None (curl's rules; loopback is
-    never proxied)."""
+    """The proxy the environment names for this origin, or None. Go's rules, which podman
+    and skopeo follow: HTTPS_PROXY for https, HTTP_PROXY for http (not under CGI, where a
+    request header could set it), either spelling; NO_PROXY names hosts, "host:port" or
+    ".domain" (subdomains only), or "*"; loopback hosts are never proxied."""
     if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
         return None
-    env = os.environ
-    value = (env.get(f"{scheme}_proxy") or (env.get(f"{scheme.upper()}_PROXY") if scheme != "http" else None)
-             or env.get("all_proxy") or env.get("ALL_PROXY"))
+    if scheme == "http" and os.environ.get("REQUEST_METHOD"):
+        return None
+    value = _env(f"{scheme}_proxy")
     if not value or _no_proxy(host.lower(), port):
         return None
     if "://" not in value:
@@ -118,10 +125,12 @@ class Response:
         self.headers = raw.msg              # case-insensitive .get()
         self.url = url
         self.method = method
+        self._broken = False                # the body failed half-way: never reuse the connection
 
     def iter_bytes(self, chunk_size: int = 1 << 20):
         """The body in chunks of up to chunk_size bytes; TransportError if it is cut short."""
         raw, got = self._raw, 0
+        self._broken = True                 # until the body ends where it should
         try:
             while True:
                 b = raw.read(chunk_size)
@@ -130,6 +139,7 @@ class Response:
                     if raw.length:
                         raise TransportError(f"connection closed after {got} bytes, {raw.length} "
                                              "short of the announced length")
+                    self._broken = False
                     return
                 got += len(b)
                 yield b
@@ -154,7 +164,7 @@ class Response:
         raw, self._raw = self._raw, None
         if raw is None:
             return
-        reusable = not raw.will_close
+        reusable = not raw.will_close and not self._broken
         if reusable and not raw.isclosed():
             length = raw.length
             if length is not None and length <= MAX_DRAIN:
@@ -288,9 +298,9 @@ class Session:
             if not follow_redirects or resp.status_code not in REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
-            resp.close()
             if not location:
-                return resp
+                return resp                 # nothing to follow: the caller sees the 3xx
+            resp.close()
             new = urllib.parse.urljoin(url, location)
             old_p, new_p = urllib.parse.urlsplit(url), urllib.parse.urlsplit(new)
             if new_p.scheme not in ("http", "https"):
