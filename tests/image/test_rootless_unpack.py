@@ -51,10 +51,49 @@ UPPER = [
 ]
 
 
+def _nobody_python():
+    """An interpreter command nobody can run keel with. The checkout (and so the venv and its
+    editable install) may sit under a dir only root can enter, e.g. a clone in `mktemp -d`:
+    then keel and the venv's packages are copied once to a dir nobody can read."""
+    import atexit
+    import sysconfig
+    import tempfile
+
+    probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                            sys.executable, "-c", "import keel, zstandard"], capture_output=True)
+    if probe.returncode == 0:
+        return [sys.executable], {}
+    top = tempfile.mkdtemp(prefix="keel-nobody-py-")
+    atexit.register(shutil.rmtree, top, True)
+    os.chmod(top, 0o755)
+    site = os.path.join(top, "site")
+    shutil.copytree(sysconfig.get_paths()["purelib"], site, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pth", "keel*"))
+    import keel
+
+    shutil.copytree(os.path.dirname(keel.__file__), os.path.join(site, "keel"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in dirnames:
+            os.chmod(os.path.join(dirpath, n), 0o755)
+    return [os.path.realpath(sys.executable), "-s"], {"PYTHONPATH": site}
+
+
+_NOBODY_PY = None
+
+
+def nobody_python():
+    global _NOBODY_PY
+    if _NOBODY_PY is None:
+        _NOBODY_PY = _nobody_python()
+    return _NOBODY_PY
+
+
 def as_nobody(code: str, *args):
+    py, extra = nobody_python()
     r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                        sys.executable, "-c", code, *map(str, args)],
-                       capture_output=True, text=True, timeout=60)
+                        *py, "-c", code, *map(str, args)],
+                       capture_output=True, text=True, timeout=60, env=dict(os.environ, **extra))
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -154,8 +193,9 @@ def test_rootless_hostile_layer_stays_inside(work):
     for name, entries in evil.items():
         (work / name).write_bytes(make_tar(entries))
         r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                            sys.executable, "-c", APPLY, str(work / name), str(dest)],
-                           capture_output=True, text=True, timeout=60)
+                            *nobody_python()[0], "-c", APPLY, str(work / name), str(dest)],
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, **nobody_python()[1]))
         assert r.returncode != 0 and "UnpackError: entry " in r.stderr, r.stderr
     assert os.listdir(outside) == [] and not os.path.exists(work / "x")
 
@@ -206,8 +246,9 @@ def test_keel_pull_by_a_user_without_privileges(work, lying_registry):
     root = work / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "REGISTRY_AUTH"))}
     env["HOME"] = str(work)
+    env.update(nobody_python()[1])
     r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                        sys.executable, "-m", "keel.cli.main", "--root", str(root), "--runroot",
+                        *nobody_python()[0], "-m", "keel.cli.main", "--root", str(root), "--runroot",
                         str(work / "run"), "pull", "-q", "--tls-verify=false",
                         f"{lying_registry.host}/a/rootless:1"],
                        capture_output=True, text=True, timeout=60, env=env)
@@ -217,7 +258,7 @@ def test_keel_pull_by_a_user_without_privileges(work, lying_registry):
     assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
     # mounting is not there yet for such a store: said in one line, nothing left mounted
     r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                        sys.executable, "-m", "keel.cli.main", "--root", str(root), "--runroot",
+                        *nobody_python()[0], "-m", "keel.cli.main", "--root", str(root), "--runroot",
                         str(work / "run"), "image", "mount", f"{lying_registry.host}/a/rootless:1"],
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 125
